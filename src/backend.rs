@@ -1,0 +1,131 @@
+//! Choosing where tensors live: burn's wgpu backend (Vulkan, Metal, DX12; Mesa's lavapipe on a
+//! machine without a GPU) or burn's ndarray backend on the CPU, and describing the adapters
+//! wgpu sees. A machine without an adapter gets an error with a hint, never a panic.
+
+use burn::tensor::Device;
+use burn::tensor::wgpu::{WgpuBackend, wgpu};
+
+use crate::error::{Error, Result};
+
+/// A compute backend the CLI can select.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// burn's wgpu backend on the default adapter.
+    Wgpu,
+    /// burn's ndarray backend (CPU, multi-threaded).
+    Ndarray,
+}
+
+impl BackendKind {
+    /// Parse `--backend`.
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "wgpu" => Ok(Self::Wgpu),
+            "ndarray" | "cpu" => Ok(Self::Ndarray),
+            other => Err(Error::Usage(format!(
+                "unknown backend `{other}`: expected wgpu or ndarray"
+            ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Wgpu => "wgpu",
+            Self::Ndarray => "ndarray",
+        }
+    }
+}
+
+/// The hint printed where wgpu finds no adapter.
+pub const NO_ADAPTER_HINT: &str = "no GPU adapter found by wgpu (Vulkan, Metal, DX12): install Mesa's Vulkan drivers \
+     (`apt-get install mesa-vulkan-drivers libvulkan1`) for a software adapter, or use --backend ndarray";
+
+/// What wgpu reports of one adapter.
+#[derive(Clone, Debug)]
+pub struct AdapterReport {
+    pub name: String,
+    pub backend: String,
+    pub is_vulkan: bool,
+    pub device_type: String,
+    pub driver: String,
+    pub shader_f16: bool,
+    pub subgroups: bool,
+    pub max_storage_binding: u64,
+    pub max_buffer: u64,
+    pub max_workgroup_storage: u32,
+    pub max_invocations_per_workgroup: u32,
+}
+
+/// Every adapter wgpu sees on this machine through the APIs burn uses (Vulkan, Metal, DX12).
+pub fn adapters() -> Vec<AdapterReport> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::PRIMARY,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    burn::tensor::read_sync(instance.enumerate_adapters(wgpu::Backends::PRIMARY))
+        .into_iter()
+        .map(|adapter| {
+            let info = adapter.get_info();
+            let limits = adapter.limits();
+            let features = adapter.features();
+            AdapterReport {
+                name: info.name,
+                backend: format!("{:?}", info.backend),
+                is_vulkan: info.backend == wgpu::Backend::Vulkan,
+                device_type: format!("{:?}", info.device_type),
+                driver: format!("{} {}", info.driver, info.driver_info)
+                    .trim()
+                    .to_string(),
+                shader_f16: features.contains(wgpu::Features::SHADER_F16),
+                subgroups: features.contains(wgpu::Features::SUBGROUP),
+                max_storage_binding: limits.max_storage_buffer_binding_size,
+                max_buffer: limits.max_buffer_size,
+                max_workgroup_storage: limits.max_compute_workgroup_storage_size,
+                max_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+            }
+        })
+        .collect()
+}
+
+/// Open a device on `kind`. For wgpu this fails with [`NO_ADAPTER_HINT`] where there is no
+/// adapter instead of panicking on first use.
+#[allow(deprecated)] // burn 0.22 deprecates ndarray in favour of flex; the project tests against ndarray
+pub fn device(kind: BackendKind) -> Result<Device> {
+    match kind {
+        BackendKind::Ndarray => Ok(Device::ndarray()),
+        BackendKind::Wgpu => {
+            let adapters = adapters();
+            if adapters.is_empty() {
+                return Err(Error::Device(NO_ADAPTER_HINT.to_string()));
+            }
+            let mut options = Device::wgpu_options();
+            // burn's automatic choice probes OpenGL too when Vulkan offers only a software
+            // adapter, and Mesa's EGL then prints errors on headless machines; Vulkan, where
+            // present, is what we want anyway.
+            if adapters.iter().any(|a| a.is_vulkan) {
+                options = options.graphics_api(WgpuBackend::Vulkan);
+            }
+            options
+                .init()
+                .or_else(|first| {
+                    // Already initialised in this process (a second call): reuse it.
+                    let device = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
+                    if device.sync().is_ok() {
+                        Ok(device)
+                    } else {
+                        Err(first)
+                    }
+                })
+                .map_err(|e| {
+                    Error::Device(format!(
+                        "wgpu could not open an adapter: {e}; {NO_ADAPTER_HINT}"
+                    ))
+                })
+        }
+    }
+}
+
+/// The name of the adapter a wgpu device runs on.
+pub fn device_name(device: &Device) -> Option<String> {
+    device.identity().map(|id| id.name)
+}

@@ -1,0 +1,26 @@
+//! The `dinov2` command: parses arguments and calls the library; any error is one line on
+//! stderr and exit code 1.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none()
+        && std::env::var_os("NODEVICE_SELECT").is_none()
+    {
+        // Headless: Mesa's implicit Vulkan device-select layer would try to reach a Wayland
+        // display and print "XDG_RUNTIME_DIR is invalid" several times. It only orders GPUs for
+        // a desktop session, so switch it off.
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
+    }
+    let cli = dinov2_wgpu::cli::Cli::parse();
+    match dinov2_wgpu::cli::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

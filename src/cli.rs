@@ -1,0 +1,488 @@
+//! The `dinov2` command line: argument parsing and the commands, each a thin layer over the
+//! library. Errors come back as [`Error`]; `src/bin/dinov2.rs` prints them on one line.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::{Device, Distribution, Tensor};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::backend::{self, BackendKind};
+use crate::checkpoint::{LoadOptions, read_backbone};
+use crate::config::{PRESET_NAMES, PosInterpolation, VitConfig};
+use crate::data::preprocess::{Prepared, Resize};
+use crate::error::{Error, Result};
+use crate::eval::{matching, pca};
+use crate::features::{EmbedOptions, FeatureSet, embed_files};
+use crate::model::DinoVisionTransformer;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dinov2",
+    version,
+    about = "DINOv2 on wgpu: features, PCA and patch matching from local weights"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Write CLS, patch and register features of images to a safetensors file.
+    Embed(EmbedArgs),
+    /// Picture the first three principal components of the patch features beside each image.
+    Pca(PcaArgs),
+    /// Draw mutual-nearest-neighbour patch matches between two images.
+    Match(MatchArgs),
+    /// The adapters wgpu sees, the one chosen, its limits and features.
+    Info(InfoArgs),
+    /// Print a preset's architecture as JSON (a starting point for --config).
+    Presets {
+        /// A preset name; all presets when omitted.
+        name: Option<String>,
+    },
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// Which model and where it runs.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Weights: an official DINOv2 .pth, a HuggingFace folder (config.json + model.safetensors),
+    /// or a safetensors file written by this project. Without it, a randomly initialised
+    /// --arch model (for trying the pipeline; its features mean nothing).
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Architecture preset (tiny, vits14, vitb14, vitl14, vitg14, each also _reg4); by default
+    /// inferred from the checkpoint.
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Architecture as a JSON file (see `dinov2 presets`), instead of --arch.
+    #[arg(long, conflicts_with = "arch")]
+    pub config: Option<PathBuf>,
+    /// Position-embedding interpolation: offset, size or size-antialias. By default the
+    /// checkpoint's own (official: offset, official _reg: size-antialias, HuggingFace: size,
+    /// HuggingFace with registers: size-antialias).
+    #[arg(long)]
+    pub interpolation: Option<String>,
+    /// Compute backend: wgpu (GPU, or Mesa's lavapipe without one) or ndarray (CPU).
+    #[arg(long, default_value = "wgpu")]
+    pub backend: String,
+}
+
+#[derive(Args, Debug)]
+pub struct EmbedArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Image sizing: `eval` (shorter side 256, centre crop 224; the default), N (shorter side
+    /// N, centre-crop to multiples of the patch size) or `native` (keep the pixels).
+    #[arg(long, default_value = "eval")]
+    pub size: String,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Output safetensors file: `cls` [N,D], `patch` [N,h,w,D], `reg` [N,R,D].
+    #[arg(long, short)]
+    pub output: PathBuf,
+    /// Input images (PNG or JPEG).
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct PcaArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Image sizing, as for `embed`.
+    #[arg(long, default_value = "eval")]
+    pub size: String,
+    /// Black out the background: threshold the first principal component, then fit the
+    /// colours on foreground patches only (the paper's figure).
+    #[arg(long)]
+    pub foreground_mask: bool,
+    /// Output PNG.
+    #[arg(long, short)]
+    pub output: PathBuf,
+    /// Input images; fitted jointly so that matching parts share colours.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct MatchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Image sizing, as for `embed`.
+    #[arg(long, default_value = "eval")]
+    pub size: String,
+    /// Number of matches drawn (strongest first).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Output PNG.
+    #[arg(long, short)]
+    pub output: PathBuf,
+    /// First image.
+    pub a: PathBuf,
+    /// Second image.
+    pub b: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    /// Backend to describe.
+    #[arg(long, default_value = "wgpu")]
+    pub backend: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Images per second of feature extraction on each backend, with the ratio to the first.
+    Embed(BenchEmbedArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchEmbedArgs {
+    /// Preset to time (random weights).
+    #[arg(long, default_value = "vits14")]
+    pub arch: String,
+    /// Square input size in pixels.
+    #[arg(long, default_value_t = 224)]
+    pub size: usize,
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Timed batches per backend (after one warm-up batch).
+    #[arg(long, default_value_t = 3)]
+    pub iters: usize,
+    /// Backends, comma-separated; the first is the baseline of the ratios.
+    #[arg(long, default_value = "ndarray,wgpu")]
+    pub backends: String,
+}
+
+/// Run a parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Embed(args) => embed(args),
+        Command::Pca(args) => pca_command(args),
+        Command::Match(args) => match_command(args),
+        Command::Info(args) => info(args),
+        Command::Presets { name } => presets(name),
+        Command::Bench(BenchCommand::Embed(args)) => bench_embed(args),
+    }
+}
+
+fn warn(message: impl AsRef<str>) {
+    eprintln!("warning: {}", message.as_ref());
+}
+
+/// Open the device and load (or initialise) the model the arguments describe.
+pub fn load_model(args: &ModelArgs) -> Result<(DinoVisionTransformer, Device)> {
+    let kind = BackendKind::parse(&args.backend)?;
+    let options = LoadOptions {
+        arch: args.arch.clone(),
+        config: args
+            .config
+            .as_deref()
+            .map(VitConfig::from_json_file)
+            .transpose()?,
+        interpolation: args
+            .interpolation
+            .as_deref()
+            .map(PosInterpolation::parse)
+            .transpose()?,
+    };
+    // Validate the checkpoint before touching a device: a bad file fails fast.
+    let weights = args
+        .weights
+        .as_deref()
+        .map(|path| read_backbone(path, &options))
+        .transpose()?;
+    let device = backend::device(kind)?;
+    let model = match weights {
+        Some(w) => DinoVisionTransformer::from_weights(&w, &device)?,
+        None => {
+            let mut config = match (&options.config, &options.arch) {
+                (Some(c), _) => c.clone(),
+                (None, Some(name)) => VitConfig::preset(name)?,
+                (None, None) => VitConfig::tiny(),
+            };
+            if let Some(interp) = options.interpolation {
+                config.interpolation = interp;
+            }
+            warn(
+                "no --weights given: using a randomly initialised model; its features mean nothing",
+            );
+            device.seed(0);
+            DinoVisionTransformer::new(&config, &device)
+        }
+    };
+    Ok((model, device))
+}
+
+fn progress_bar(len: usize, what: &str) -> ProgressBar {
+    // A handful of images need no bar.
+    if len <= 4 {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} images, {per_sec}, eta {eta}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+fn check_output_dir(path: &Path) -> Result<()> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        return Err(Error::Usage(format!(
+            "{}: output folder {} does not exist",
+            path.display(),
+            parent.display()
+        )));
+    }
+    Ok(())
+}
+
+fn run_embedding(
+    model: &DinoVisionTransformer,
+    device: &Device,
+    images: &[PathBuf],
+    size: &str,
+    batch_size: usize,
+) -> Result<(FeatureSet, Vec<Prepared>)> {
+    if batch_size == 0 {
+        return Err(Error::Usage("--batch-size must be at least 1".into()));
+    }
+    let options = EmbedOptions {
+        resize: Resize::parse(size)?,
+        batch_size,
+    };
+    let bar = progress_bar(images.len(), "embedding");
+    let mut shown = Vec::new();
+    let features = embed_files(
+        model,
+        images,
+        options,
+        device,
+        |path, prepared| {
+            if let Some((w, h)) = prepared.cropped_from {
+                bar.suspend(|| {
+                    warn(format!(
+                        "{}: {w}x{h} is not a multiple of the patch size; centre-cropped to {}x{}",
+                        path.display(),
+                        prepared.width(),
+                        prepared.height()
+                    ))
+                });
+            }
+            shown.push(Prepared {
+                rgb: prepared.rgb.clone(),
+                pixels: Vec::new(),
+                cropped_from: None,
+            });
+        },
+        |n| bar.inc(n as u64),
+    )?;
+    bar.finish_and_clear();
+    Ok((features, shown))
+}
+
+fn embed(args: EmbedArgs) -> Result<()> {
+    check_output_dir(&args.output)?;
+    let (model, device) = load_model(&args.model)?;
+    let (features, _) = run_embedding(&model, &device, &args.images, &args.size, args.batch_size)?;
+    features.write(&args.output)?;
+    eprintln!(
+        "wrote {}: cls [{}, {}], patch [{}, {}, {}, {}]{}",
+        args.output.display(),
+        features.n,
+        features.d,
+        features.n,
+        features.h,
+        features.w,
+        features.d,
+        if features.r > 0 {
+            format!(", reg [{}, {}, {}]", features.n, features.r, features.d)
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+fn save_png(image: &image::RgbImage, path: &Path) -> Result<()> {
+    let mut bytes = Vec::new();
+    image
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .map_err(|e| Error::image(path, format!("cannot encode PNG: {e}")))?;
+    crate::io::write_atomic(path, &bytes)
+}
+
+fn pca_command(args: PcaArgs) -> Result<()> {
+    check_output_dir(&args.output)?;
+    let (model, device) = load_model(&args.model)?;
+    let (features, shown) = run_embedding(&model, &device, &args.images, &args.size, 8)?;
+    let patches: Vec<&[f32]> = (0..features.n).map(|i| features.patches_of(i)).collect();
+    let maps = pca::pca_maps(
+        &patches,
+        features.h,
+        features.w,
+        features.d,
+        args.foreground_mask,
+    );
+    let images: Vec<_> = shown.into_iter().map(|p| p.rgb).collect();
+    save_png(&pca::side_by_side(&images, &maps.maps), &args.output)?;
+    eprintln!(
+        "wrote {} ({} images, {}x{} patches each)",
+        args.output.display(),
+        features.n,
+        features.h,
+        features.w
+    );
+    Ok(())
+}
+
+fn match_command(args: MatchArgs) -> Result<()> {
+    check_output_dir(&args.output)?;
+    let (model, device) = load_model(&args.model)?;
+    let embed_one =
+        |path: &PathBuf| run_embedding(&model, &device, std::slice::from_ref(path), &args.size, 1);
+    let (fa, sa) = embed_one(&args.a)?;
+    let (fb, sb) = embed_one(&args.b)?;
+    let matches = matching::mutual_nearest_neighbours(&fa.patch, &fb.patch, fa.d, args.top_k);
+    let picture = matching::draw_matches(
+        &sa[0].rgb,
+        &sb[0].rgb,
+        &matches,
+        model.config.patch_size,
+        fa.w,
+        fb.w,
+    );
+    save_png(&picture, &args.output)?;
+    let mean = matches.iter().map(|m| m.similarity).sum::<f32>() / matches.len().max(1) as f32;
+    eprintln!(
+        "wrote {}: {} mutual nearest neighbours drawn, mean cosine similarity {mean:.3}",
+        args.output.display(),
+        matches.len()
+    );
+    Ok(())
+}
+
+fn info(args: InfoArgs) -> Result<()> {
+    let kind = BackendKind::parse(&args.backend)?;
+    println!("backend: {}", kind.name());
+    let adapters = backend::adapters();
+    if adapters.is_empty() {
+        println!("wgpu adapters: none");
+    }
+    for (i, a) in adapters.iter().enumerate() {
+        println!(
+            "wgpu adapter {i}: {} ({}, {}, driver {})",
+            a.name, a.backend, a.device_type, a.driver
+        );
+        println!(
+            "  features: shader-f16 {}, subgroups {}",
+            if a.shader_f16 { "yes" } else { "no" },
+            if a.subgroups { "yes" } else { "no" }
+        );
+        println!(
+            "  limits: max storage binding {} MiB, max buffer {} MiB, workgroup storage {} KiB, {} invocations per workgroup",
+            a.max_storage_binding >> 20,
+            a.max_buffer >> 20,
+            a.max_workgroup_storage >> 10,
+            a.max_invocations_per_workgroup
+        );
+    }
+    match kind {
+        BackendKind::Ndarray => println!(
+            "in use: ndarray (CPU, {} threads)",
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        ),
+        BackendKind::Wgpu => {
+            let device = backend::device(kind)?;
+            let name = backend::device_name(&device).unwrap_or_else(|| "unknown".into());
+            println!("in use: wgpu on {name}");
+        }
+    }
+    Ok(())
+}
+
+fn presets(name: Option<String>) -> Result<()> {
+    let names: Vec<String> = match name {
+        Some(n) => vec![n],
+        None => PRESET_NAMES.iter().map(|s| s.to_string()).collect(),
+    };
+    for n in names {
+        let config = VitConfig::preset(&n)?;
+        let json = serde_json::to_string_pretty(&config).expect("config serialises");
+        println!(
+            "// {n}: {:.1}M parameters\n{json}",
+            config.num_params() as f64 / 1e6
+        );
+    }
+    Ok(())
+}
+
+fn bench_embed(args: BenchEmbedArgs) -> Result<()> {
+    let config = VitConfig::preset(&args.arch)?;
+    let kinds = args
+        .backends
+        .split(',')
+        .map(BackendKind::parse)
+        .collect::<Result<Vec<_>>>()?;
+    let mut baseline = None;
+    println!(
+        "embed benchmark: {} ({:.1}M params), {}x{} px, batch {}, {} timed batches after 1 warm-up",
+        args.arch,
+        config.num_params() as f64 / 1e6,
+        args.size,
+        args.size,
+        args.batch_size,
+        args.iters
+    );
+    for kind in kinds {
+        let device = backend::device(kind)?;
+        device.seed(0);
+        let model = DinoVisionTransformer::new(&config, &device);
+        model.check_input(args.size, args.size)?;
+        let images = Tensor::<4>::random(
+            [args.batch_size, 3, args.size, args.size],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let run_once = || -> Result<()> {
+            let f = model.forward_features(images.clone());
+            crate::features::to_host(f.cls)?;
+            Ok(())
+        };
+        run_once()?;
+        let start = Instant::now();
+        for _ in 0..args.iters {
+            run_once()?;
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let rate = (args.iters * args.batch_size) as f64 / seconds;
+        let base = *baseline.get_or_insert(rate);
+        println!(
+            "{:8} {:8.2} images/s  ({:.2}x the {} baseline)",
+            kind.name(),
+            rate,
+            rate / base,
+            "first"
+        );
+    }
+    Ok(())
+}

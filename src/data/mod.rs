@@ -1,0 +1,3 @@
+//! Images in: decoding and the evaluation transform.
+
+pub mod preprocess;

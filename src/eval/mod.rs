@@ -1,0 +1,5 @@
+//! Frozen-feature evaluation and demos: PCA of patch features, patch matching.
+
+pub mod draw;
+pub mod matching;
+pub mod pca;
