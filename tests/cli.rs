@@ -1,0 +1,316 @@
+//! The `dinov2` binary end to end: `embed --size native` reproduces the reference numbers on
+//! both backends; bad input gives one line on stderr, a non-zero exit, no panic and no
+//! output file; `pca` and `match` draw non-blank pictures.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dinov2-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn dinov2(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dinov2"))
+        .args(args)
+        .output()
+        .expect("run dinov2")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn embed_matches_reference(backend: &str, variant: &str, weights: &str, expected: &str, tol: f32) {
+    let out = scratch(&format!("embed-{backend}-{variant}")).join("feats.safetensors");
+    let images: Vec<PathBuf> = (0..2)
+        .map(|i| fixtures().join(format!("images/wide-{i}.png")))
+        .collect();
+    let weights = fixtures().join(weights);
+    let mut args = vec![
+        "embed",
+        "--weights",
+        s(&weights),
+        "--size",
+        "native",
+        "--backend",
+        backend,
+        "--output",
+        s(&out),
+    ];
+    args.extend(images.iter().map(|p| s(p)));
+    let run = dinov2(&args);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let reference = fixtures().join(expected);
+    let mut names = vec!["cls", "patch"];
+    if variant == "reg4" {
+        names.push("reg");
+    }
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(tensor_names(&out), sorted);
+    for name in names {
+        let (shape, actual) = read_tensor(&out, name);
+        let (want_shape, want) = read_tensor(&reference, &format!("wide.{name}"));
+        assert_eq!(shape, want_shape, "{name}");
+        assert_close(
+            &format!("cli {backend} {variant} {name}"),
+            &actual,
+            &want,
+            tol,
+        );
+    }
+}
+
+#[test]
+fn embed_native_ndarray_official() {
+    embed_matches_reference(
+        "ndarray",
+        "plain",
+        "plain.pth",
+        "plain-official.safetensors",
+        1e-4,
+    );
+}
+
+#[test]
+fn embed_native_ndarray_hf_registers() {
+    embed_matches_reference("ndarray", "reg4", "reg4-hf", "reg4-hf.safetensors", 1e-4);
+}
+
+#[test]
+fn embed_native_wgpu_official() {
+    embed_matches_reference(
+        "wgpu",
+        "plain",
+        "plain.pth",
+        "plain-official.safetensors",
+        1e-3,
+    );
+}
+
+#[test]
+fn embed_native_wgpu_hf_registers() {
+    embed_matches_reference("wgpu", "reg4", "reg4-hf", "reg4-hf.safetensors", 1e-3);
+}
+
+/// Runs `embed` expecting failure: one line on stderr mentioning `needle`, no panic, no output.
+fn expect_failure(name: &str, extra: &[&str], images: &[&Path], needle: &str) {
+    let out = scratch(name).join("feats.safetensors");
+    let mut args = vec![
+        "embed",
+        "--backend",
+        "ndarray",
+        "--size",
+        "native",
+        "--output",
+        s(&out),
+    ];
+    args.extend_from_slice(extra);
+    args.extend(images.iter().map(|p| s(p)));
+    let run = dinov2(&args);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(
+        run.status.code(),
+        Some(1),
+        "{name}: exit status {:?}, stderr: {stderr}",
+        run.status
+    );
+    assert!(!stderr.contains("panicked"), "{name}: panicked: {stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.starts_with("warning:"))
+        .collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "{name}: expected one error line, got: {stderr}"
+    );
+    assert!(
+        errors[0].starts_with("error: ") && errors[0].contains(needle),
+        "{name}: {stderr}"
+    );
+    assert!(!out.exists(), "{name}: output file left behind");
+    let leftovers: Vec<_> = std::fs::read_dir(out.parent().unwrap()).unwrap().collect();
+    assert!(
+        leftovers.is_empty(),
+        "{name}: files left behind: {leftovers:?}"
+    );
+}
+
+fn good_image() -> PathBuf {
+    fixtures().join("images/native-0.png")
+}
+
+#[test]
+fn corrupt_image() {
+    let dir = scratch("corrupt-src");
+    let bad = dir.join("broken.png");
+    let mut bytes = std::fs::read(good_image()).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&bad, bytes).unwrap();
+    let weights = fixtures().join("plain.pth");
+    expect_failure(
+        "corrupt",
+        &["--weights", s(&weights)],
+        &[&good_image(), &bad],
+        "broken.png: cannot decode image",
+    );
+}
+
+#[test]
+fn not_an_image() {
+    let dir = scratch("text-src");
+    let (png, txt) = (dir.join("notes.png"), dir.join("notes.txt"));
+    std::fs::write(&png, "just text").unwrap();
+    std::fs::write(&txt, "just text").unwrap();
+    let weights = fixtures().join("plain.pth");
+    expect_failure(
+        "text-png",
+        &["--weights", s(&weights)],
+        &[&png],
+        "notes.png: cannot decode image",
+    );
+    expect_failure(
+        "text-txt",
+        &["--weights", s(&weights)],
+        &[&txt],
+        "notes.txt: not a supported image format",
+    );
+}
+
+#[test]
+fn missing_image() {
+    let weights = fixtures().join("plain.pth");
+    expect_failure(
+        "missing",
+        &["--weights", s(&weights)],
+        &[Path::new("/nonexistent/cat.png")],
+        "/nonexistent/cat.png",
+    );
+}
+
+#[test]
+fn truncated_checkpoint() {
+    let dir = scratch("trunc-src");
+    let ckpt = dir.join("half.pth");
+    let bytes = std::fs::read(fixtures().join("plain.pth")).unwrap();
+    std::fs::write(&ckpt, &bytes[..bytes.len() / 3]).unwrap();
+    expect_failure(
+        "trunc",
+        &["--weights", s(&ckpt)],
+        &[&good_image()],
+        "half.pth: not a readable PyTorch checkpoint",
+    );
+}
+
+#[test]
+fn checkpoint_for_another_architecture() {
+    let weights = fixtures().join("plain.pth");
+    expect_failure(
+        "arch",
+        &["--weights", s(&weights), "--arch", "vitb14"],
+        &[&good_image()],
+        "plain.pth: tensor `cls_token` has shape [1, 1, 128]",
+    );
+}
+
+#[test]
+fn image_smaller_than_a_patch() {
+    let dir = scratch("small-src");
+    let small = dir.join("small.png");
+    image::RgbImage::from_pixel(10, 30, image::Rgb([200, 10, 10]))
+        .save(&small)
+        .unwrap();
+    let weights = fixtures().join("plain.pth");
+    expect_failure(
+        "small",
+        &["--weights", s(&weights)],
+        &[&small],
+        "small.png: image is 10x30, smaller than one 14x14 patch",
+    );
+}
+
+#[test]
+fn unknown_preset() {
+    expect_failure(
+        "preset",
+        &["--arch", "vit_huge"],
+        &[&good_image()],
+        "unknown preset `vit_huge`",
+    );
+}
+
+fn assert_not_blank(path: &Path, width: u32, height: u32) {
+    let img = image::open(path).unwrap().to_rgb8();
+    assert_eq!(img.dimensions(), (width, height));
+    let first = *img.get_pixel(0, 0);
+    let distinct = img.pixels().filter(|p| **p != first).count();
+    assert!(
+        distinct > (width * height / 4) as usize,
+        "{}: picture is nearly uniform",
+        path.display()
+    );
+}
+
+#[test]
+fn pca_and_match_draw_pictures() {
+    let dir = scratch("pictures");
+    let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/images");
+    let (cat, coffee) = (assets.join("chelsea.jpg"), assets.join("coffee.jpg"));
+    let weights = fixtures().join("plain.pth");
+    let pca = dir.join("pca.png");
+    let run = dinov2(&[
+        "pca",
+        "--weights",
+        s(&weights),
+        "--backend",
+        "ndarray",
+        "--foreground-mask",
+        "--output",
+        s(&pca),
+        s(&cat),
+        s(&coffee),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    // two rows of [224 image | gap 4 | 224 map], 4-pixel gap below each
+    assert_not_blank(&pca, 2 * 224 + 4, 2 * (224 + 4));
+    let matched = dir.join("match.png");
+    let run = dinov2(&[
+        "match",
+        "--weights",
+        s(&weights),
+        "--backend",
+        "ndarray",
+        "--output",
+        s(&matched),
+        s(&cat),
+        s(&cat),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    // an image against itself: every patch is its own mutual nearest neighbour
+    assert!(
+        stderr.contains("40 mutual nearest neighbours drawn, mean cosine similarity 1.000"),
+        "{stderr}"
+    );
+    assert_not_blank(&matched, 224 + 16 + 224, 224);
+}

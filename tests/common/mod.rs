@@ -1,0 +1,62 @@
+//! Shared test helpers: fixture paths, reading expected tensors, comparing with tolerances.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/backbone")
+}
+
+/// The wgpu device; the software adapter (lavapipe) is part of the test setup (`.ci/run`),
+/// so its absence is a failure, not a skip.
+pub fn wgpu_device() -> Device {
+    dinov2_wgpu::backend::device(dinov2_wgpu::backend::BackendKind::Wgpu)
+        .unwrap_or_else(|e| panic!("wgpu device needed for this test: {e}"))
+}
+
+pub fn ndarray_device() -> Device {
+    dinov2_wgpu::backend::device(dinov2_wgpu::backend::BackendKind::Ndarray).unwrap()
+}
+
+/// Read one f32 tensor from a safetensors file.
+pub fn read_tensor(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let view = st
+        .tensor(name)
+        .unwrap_or_else(|e| panic!("{}: {name}: {e}", path.display()));
+    assert_eq!(view.dtype(), safetensors::Dtype::F32);
+    let data = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    (view.shape().to_vec(), data)
+}
+
+/// Names of the tensors in a safetensors file.
+pub fn tensor_names(path: &Path) -> Vec<String> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    names
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Assert `actual` matches `expected` within `tol` (max abs), printing the error either way.
+pub fn assert_close(what: &str, actual: &[f32], expected: &[f32], tol: f32) {
+    let err = max_abs_diff(actual, expected);
+    let scale = expected.iter().map(|x| x.abs()).fold(0.0, f32::max);
+    eprintln!("{what}: max abs error {err:.3e} (values up to {scale:.2})");
+    assert!(err <= tol, "{what}: max abs error {err:.3e} > {tol:.0e}");
+}
