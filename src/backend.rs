@@ -10,6 +10,9 @@ use crate::error::{Error, Result};
 /// A compute backend the CLI can select.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendKind {
+    /// wgpu where a hardware adapter exists; ndarray where wgpu offers only a software
+    /// rasteriser (lavapipe), which is slower than ndarray on the same cores.
+    Auto,
     /// burn's wgpu backend on the default adapter.
     Wgpu,
     /// burn's ndarray backend (CPU, multi-threaded).
@@ -20,16 +23,18 @@ impl BackendKind {
     /// Parse `--backend`.
     pub fn parse(name: &str) -> Result<Self> {
         match name {
+            "auto" => Ok(Self::Auto),
             "wgpu" => Ok(Self::Wgpu),
             "ndarray" | "cpu" => Ok(Self::Ndarray),
             other => Err(Error::Usage(format!(
-                "unknown backend `{other}`: expected wgpu or ndarray"
+                "unknown backend `{other}`: expected auto, wgpu or ndarray"
             ))),
         }
     }
 
     pub fn name(self) -> &'static str {
         match self {
+            Self::Auto => "auto",
             Self::Wgpu => "wgpu",
             Self::Ndarray => "ndarray",
         }
@@ -46,6 +51,8 @@ pub struct AdapterReport {
     pub name: String,
     pub backend: String,
     pub is_vulkan: bool,
+    /// A CPU rasteriser (lavapipe, SwiftShader, WARP).
+    pub is_software: bool,
     pub device_type: String,
     pub driver: String,
     pub shader_f16: bool,
@@ -72,6 +79,7 @@ pub fn adapters() -> Vec<AdapterReport> {
                 name: info.name,
                 backend: format!("{:?}", info.backend),
                 is_vulkan: info.backend == wgpu::Backend::Vulkan,
+                is_software: info.device_type == wgpu::DeviceType::Cpu,
                 device_type: format!("{:?}", info.device_type),
                 driver: format!("{} {}", info.driver, info.driver_info)
                     .trim()
@@ -87,12 +95,21 @@ pub fn adapters() -> Vec<AdapterReport> {
         .collect()
 }
 
-/// Open a device on `kind`. For wgpu this fails with [`NO_ADAPTER_HINT`] where there is no
+/// What [`BackendKind::Auto`] means on this machine.
+pub fn resolve(kind: BackendKind) -> BackendKind {
+    match kind {
+        BackendKind::Auto if adapters().iter().any(|a| !a.is_software) => BackendKind::Wgpu,
+        BackendKind::Auto => BackendKind::Ndarray,
+        other => other,
+    }
+}
+
+/// Open a device on `kind` (resolved first, see [`resolve`]). For wgpu this fails with [`NO_ADAPTER_HINT`] where there is no
 /// adapter instead of panicking on first use.
 #[allow(deprecated)] // burn 0.22 deprecates ndarray in favour of flex; the project tests against ndarray
 pub fn device(kind: BackendKind) -> Result<Device> {
-    match kind {
-        BackendKind::Ndarray => Ok(Device::ndarray()),
+    match resolve(kind) {
+        BackendKind::Ndarray | BackendKind::Auto => Ok(Device::ndarray()),
         BackendKind::Wgpu => {
             let adapters = adapters();
             if adapters.is_empty() {

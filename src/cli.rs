@@ -68,8 +68,9 @@ pub struct ModelArgs {
     /// HuggingFace with registers: size-antialias).
     #[arg(long)]
     pub interpolation: Option<String>,
-    /// Compute backend: wgpu (GPU, or Mesa's lavapipe without one) or ndarray (CPU).
-    #[arg(long, default_value = "wgpu")]
+    /// Compute backend: auto (wgpu on a hardware GPU, else ndarray), wgpu (forces wgpu, Mesa's
+    /// lavapipe where there is no GPU) or ndarray (CPU).
+    #[arg(long, default_value = "auto")]
     pub backend: String,
 }
 
@@ -132,8 +133,8 @@ pub struct MatchArgs {
 
 #[derive(Args, Debug)]
 pub struct InfoArgs {
-    /// Backend to describe.
-    #[arg(long, default_value = "wgpu")]
+    /// Backend to describe: auto, wgpu or ndarray.
+    #[arg(long, default_value = "auto")]
     pub backend: String,
 }
 
@@ -179,7 +180,13 @@ fn warn(message: impl AsRef<str>) {
 
 /// Open the device and load (or initialise) the model the arguments describe.
 pub fn load_model(args: &ModelArgs) -> Result<(DinoVisionTransformer, Device)> {
-    let kind = BackendKind::parse(&args.backend)?;
+    let requested = BackendKind::parse(&args.backend)?;
+    let kind = backend::resolve(requested);
+    if requested == BackendKind::Auto && kind == BackendKind::Ndarray {
+        eprintln!(
+            "note: no hardware GPU adapter; running on ndarray (CPU). --backend wgpu forces the software adapter"
+        );
+    }
     let options = LoadOptions {
         arch: args.arch.clone(),
         config: args
@@ -380,8 +387,9 @@ fn match_command(args: MatchArgs) -> Result<()> {
 }
 
 fn info(args: InfoArgs) -> Result<()> {
-    let kind = BackendKind::parse(&args.backend)?;
-    println!("backend: {}", kind.name());
+    let requested = BackendKind::parse(&args.backend)?;
+    let kind = backend::resolve(requested);
+    println!("backend: {} (requested {})", kind.name(), requested.name());
     let adapters = backend::adapters();
     if adapters.is_empty() {
         println!("wgpu adapters: none");
@@ -405,7 +413,7 @@ fn info(args: InfoArgs) -> Result<()> {
         );
     }
     match kind {
-        BackendKind::Ndarray => println!(
+        BackendKind::Ndarray | BackendKind::Auto => println!(
             "in use: ndarray (CPU, {} threads)",
             std::thread::available_parallelism()
                 .map(|n| n.get())

@@ -52,7 +52,8 @@ impl FeatureSet {
 
 /// Read a tensor of a batch back to the host.
 pub fn to_host<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
-    t.into_data()
+    t.try_into_data()
+        .map_err(|e| Error::Device(format!("the device failed while computing features: {e}")))?
         .convert::<f32>()
         .try_into_vec::<f32>()
         .map_err(|e| Error::Device(format!("cannot read features back: {e:?}")))

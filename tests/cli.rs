@@ -242,6 +242,18 @@ fn image_smaller_than_a_patch() {
 }
 
 #[test]
+fn images_of_different_sizes() {
+    let weights = fixtures().join("plain.pth");
+    let wide = fixtures().join("images/wide-0.png");
+    expect_failure(
+        "sizes",
+        &["--weights", s(&weights)],
+        &[&good_image(), &wide],
+        "images differ in size after preprocessing",
+    );
+}
+
+#[test]
 fn unknown_preset() {
     expect_failure(
         "preset",
@@ -313,4 +325,76 @@ fn pca_and_match_draw_pictures() {
         "{stderr}"
     );
     assert_not_blank(&matched, 224 + 16 + 224, 224);
+}
+
+#[test]
+fn info_lists_the_adapter() {
+    let run = dinov2(&["info", "--backend", "wgpu"]);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        stdout.contains("wgpu adapter 0: ") && stdout.contains("max storage binding"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("in use: wgpu on "), "{stdout}");
+}
+
+/// With the Vulkan loader pointed at no driver, wgpu finds no adapter: `--backend wgpu` is a
+/// one-line error with the hint, `--backend auto` falls back to the CPU.
+#[test]
+fn no_adapter_is_a_hint_not_a_panic() {
+    let hide_drivers = |cmd: &mut Command| {
+        cmd.env("VK_ICD_FILENAMES", "/nonexistent.json")
+            .env("VK_DRIVER_FILES", "/nonexistent.json");
+    };
+    let weights = fixtures().join("plain.pth");
+    let out = scratch("no-adapter").join("f.safetensors");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dinov2"));
+    cmd.args([
+        "embed",
+        "--weights",
+        s(&weights),
+        "--size",
+        "native",
+        "--backend",
+        "wgpu",
+        "--output",
+        s(&out),
+        s(&good_image()),
+    ]);
+    hide_drivers(&mut cmd);
+    let run = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("no GPU adapter found") && stderr.contains("--backend ndarray"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dinov2"));
+    cmd.args([
+        "embed",
+        "--weights",
+        s(&weights),
+        "--size",
+        "native",
+        "--output",
+        s(&out),
+        s(&good_image()),
+    ]);
+    hide_drivers(&mut cmd);
+    let run = cmd.output().unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(String::from_utf8_lossy(&run.stderr).contains("running on ndarray"));
+    assert!(out.exists());
 }

@@ -18,11 +18,28 @@ pub struct Attention {
     pub num_heads: usize,
 }
 
-/// `softmax(q kᵀ / sqrt(d)) v` from plain tensor ops (materialises the `[B, H, N, N]` scores).
+/// Largest score block materialised at once, in elements (32 MiB of f32): well under the
+/// 128 MiB storage binding of software adapters and browsers.
+const MAX_SCORE_ELEMENTS: usize = 8 << 20;
+
+/// `softmax(q kᵀ / sqrt(d)) v` from plain tensor ops. The `[B, H, n, N]` score matrix is
+/// materialised for chunks of `n` queries small enough that no block exceeds
+/// [`MAX_SCORE_ELEMENTS`]; each query row is computed exactly as without chunking.
 pub fn attention_reference(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
-    let scale = (q.dims()[3] as f64).powf(-0.5);
-    let scores = q.mul_scalar(scale).matmul(k.swap_dims(2, 3));
-    softmax(scores, 3).matmul(v)
+    let [b, h, n, d] = q.dims();
+    let scale = (d as f64).powf(-0.5);
+    let keys = k.swap_dims(2, 3);
+    let rows_per_chunk = (MAX_SCORE_ELEMENTS / (b * h * n).max(1)).max(1);
+    let attend =
+        |q: Tensor<4>| softmax(q.mul_scalar(scale).matmul(keys.clone()), 3).matmul(v.clone());
+    if rows_per_chunk >= n {
+        return attend(q);
+    }
+    let chunks = (0..n)
+        .step_by(rows_per_chunk)
+        .map(|start| attend(q.clone().narrow(2, start, rows_per_chunk.min(n - start))))
+        .collect();
+    Tensor::cat(chunks, 2)
 }
 
 impl Attention {
