@@ -2,6 +2,8 @@
 //! machine without a GPU) or burn's ndarray backend on the CPU, and describing the adapters
 //! wgpu sees. A machine without an adapter gets an error with a hint, never a panic.
 
+use std::sync::OnceLock;
+
 use burn::tensor::Device;
 use burn::tensor::wgpu::{WgpuBackend, wgpu};
 
@@ -26,9 +28,7 @@ impl BackendKind {
             "auto" => Ok(Self::Auto),
             "wgpu" => Ok(Self::Wgpu),
             "ndarray" | "cpu" => Ok(Self::Ndarray),
-            other => Err(Error::Usage(format!(
-                "unknown backend `{other}`: expected auto, wgpu or ndarray"
-            ))),
+            other => Err(Error::Usage(format!("unknown backend `{other}`: expected auto, wgpu or ndarray"))),
         }
     }
 
@@ -63,8 +63,14 @@ pub struct AdapterReport {
     pub max_invocations_per_workgroup: u32,
 }
 
-/// Every adapter wgpu sees on this machine through the APIs burn uses (Vulkan, Metal, DX12).
-pub fn adapters() -> Vec<AdapterReport> {
+/// Every adapter wgpu sees on this machine through the APIs burn uses (Vulkan, Metal, DX12),
+/// scanned once per process.
+pub fn adapters() -> &'static [AdapterReport] {
+    static ADAPTERS: OnceLock<Vec<AdapterReport>> = OnceLock::new();
+    ADAPTERS.get_or_init(scan_adapters)
+}
+
+fn scan_adapters() -> Vec<AdapterReport> {
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
         backends: wgpu::Backends::PRIMARY,
         ..wgpu::InstanceDescriptor::new_without_display_handle()
@@ -81,9 +87,7 @@ pub fn adapters() -> Vec<AdapterReport> {
                 is_vulkan: info.backend == wgpu::Backend::Vulkan,
                 is_software: info.device_type == wgpu::DeviceType::Cpu,
                 device_type: format!("{:?}", info.device_type),
-                driver: format!("{} {}", info.driver, info.driver_info)
-                    .trim()
-                    .to_string(),
+                driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
                 shader_f16: features.contains(wgpu::Features::SHADER_F16),
                 subgroups: features.contains(wgpu::Features::SUBGROUP),
                 max_storage_binding: limits.max_storage_buffer_binding_size,
@@ -104,42 +108,33 @@ pub fn resolve(kind: BackendKind) -> BackendKind {
     }
 }
 
-/// Open a device on `kind` (resolved first, see [`resolve`]). For wgpu this fails with [`NO_ADAPTER_HINT`] where there is no
-/// adapter instead of panicking on first use.
+/// Open a device on `kind` (resolved first, see [`resolve`]). For wgpu this fails with
+/// [`NO_ADAPTER_HINT`] where there is no adapter instead of panicking on first use; the wgpu
+/// device is opened once per process and shared.
 #[allow(deprecated)] // burn 0.22 deprecates ndarray in favour of flex; the project tests against ndarray
 pub fn device(kind: BackendKind) -> Result<Device> {
     match resolve(kind) {
-        BackendKind::Ndarray | BackendKind::Auto => Ok(Device::ndarray()),
         BackendKind::Wgpu => {
-            let adapters = adapters();
-            if adapters.is_empty() {
-                return Err(Error::Device(NO_ADAPTER_HINT.to_string()));
-            }
-            let mut options = Device::wgpu_options();
-            // burn's automatic choice probes OpenGL too when Vulkan offers only a software
-            // adapter, and Mesa's EGL then prints errors on headless machines; Vulkan, where
-            // present, is what we want anyway.
-            if adapters.iter().any(|a| a.is_vulkan) {
-                options = options.graphics_api(WgpuBackend::Vulkan);
-            }
-            options
-                .init()
-                .or_else(|first| {
-                    // Already initialised in this process (a second call): reuse it.
-                    let device = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
-                    if device.sync().is_ok() {
-                        Ok(device)
-                    } else {
-                        Err(first)
-                    }
-                })
-                .map_err(|e| {
-                    Error::Device(format!(
-                        "wgpu could not open an adapter: {e}; {NO_ADAPTER_HINT}"
-                    ))
-                })
+            static WGPU: OnceLock<Result<Device, String>> = OnceLock::new();
+            WGPU.get_or_init(open_wgpu).clone().map_err(Error::Device)
         }
+        _ => Ok(Device::ndarray()),
     }
+}
+
+fn open_wgpu() -> Result<Device, String> {
+    let adapters = adapters();
+    if adapters.is_empty() {
+        return Err(NO_ADAPTER_HINT.to_string());
+    }
+    let mut options = Device::wgpu_options();
+    // burn's automatic choice probes OpenGL too when Vulkan offers only a software adapter,
+    // and Mesa's EGL then prints errors on headless machines; Vulkan, where present, is what
+    // we want anyway.
+    if adapters.iter().any(|a| a.is_vulkan) {
+        options = options.graphics_api(WgpuBackend::Vulkan);
+    }
+    options.init().map_err(|e| format!("wgpu could not open an adapter: {e}; {NO_ADAPTER_HINT}"))
 }
 
 /// The name of the adapter a wgpu device runs on.

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::backend::{self, BackendKind};
 use crate::checkpoint::{LoadOptions, read_backbone};
 use crate::config::{PRESET_NAMES, PosInterpolation, VitConfig};
-use crate::data::preprocess::{Prepared, Resize};
+use crate::data::preprocess::Resize;
 use crate::error::{Error, Result};
 use crate::eval::{matching, pca};
 use crate::features::{EmbedOptions, FeatureSet, embed_files};
@@ -60,7 +60,8 @@ pub struct ModelArgs {
     /// inferred from the checkpoint.
     #[arg(long)]
     pub arch: Option<String>,
-    /// Architecture as a JSON file (see `dinov2 presets`), instead of --arch.
+    /// Architecture as a JSON file (see `dinov2 presets`), instead of --arch. With --weights,
+    /// its `interpolation` is not used (the checkpoint's kind decides; see --interpolation).
     #[arg(long, conflicts_with = "arch")]
     pub config: Option<PathBuf>,
     /// Position-embedding interpolation: offset, size or size-antialias. By default the
@@ -189,23 +190,11 @@ pub fn load_model(args: &ModelArgs) -> Result<(DinoVisionTransformer, Device)> {
     }
     let options = LoadOptions {
         arch: args.arch.clone(),
-        config: args
-            .config
-            .as_deref()
-            .map(VitConfig::from_json_file)
-            .transpose()?,
-        interpolation: args
-            .interpolation
-            .as_deref()
-            .map(PosInterpolation::parse)
-            .transpose()?,
+        config: args.config.as_deref().map(VitConfig::from_json_file).transpose()?,
+        interpolation: args.interpolation.as_deref().map(PosInterpolation::parse).transpose()?,
     };
     // Validate the checkpoint before touching a device: a bad file fails fast.
-    let weights = args
-        .weights
-        .as_deref()
-        .map(|path| read_backbone(path, &options))
-        .transpose()?;
+    let weights = args.weights.as_deref().map(|path| read_backbone(path, &options)).transpose()?;
     let device = backend::device(kind)?;
     let model = match weights {
         Some(w) => DinoVisionTransformer::from_weights(&w, &device)?,
@@ -218,9 +207,7 @@ pub fn load_model(args: &ModelArgs) -> Result<(DinoVisionTransformer, Device)> {
             if let Some(interp) = options.interpolation {
                 config.interpolation = interp;
             }
-            warn(
-                "no --weights given: using a randomly initialised model; its features mean nothing",
-            );
+            warn("no --weights given: using a randomly initialised model; its features mean nothing");
             device.seed(0);
             DinoVisionTransformer::new(&config, &device)
         }
@@ -244,10 +231,7 @@ fn progress_bar(len: usize, what: &str) -> ProgressBar {
 }
 
 fn check_output_dir(path: &Path) -> Result<()> {
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if !parent.is_dir() {
         return Err(Error::Usage(format!(
             "{}: output folder {} does not exist",
@@ -264,14 +248,12 @@ fn run_embedding(
     images: &[PathBuf],
     size: &str,
     batch_size: usize,
-) -> Result<(FeatureSet, Vec<Prepared>)> {
+    keep_images: bool,
+) -> Result<(FeatureSet, Vec<image::RgbImage>)> {
     if batch_size == 0 {
         return Err(Error::Usage("--batch-size must be at least 1".into()));
     }
-    let options = EmbedOptions {
-        resize: Resize::parse(size)?,
-        batch_size,
-    };
+    let options = EmbedOptions { resize: Resize::parse(size)?, batch_size };
     let bar = progress_bar(images.len(), "embedding");
     let mut shown = Vec::new();
     let features = embed_files(
@@ -290,11 +272,9 @@ fn run_embedding(
                     ))
                 });
             }
-            shown.push(Prepared {
-                rgb: prepared.rgb.clone(),
-                pixels: Vec::new(),
-                cropped_from: None,
-            });
+            if keep_images {
+                shown.push(prepared.rgb.clone());
+            }
         },
         |n| bar.inc(n as u64),
     )?;
@@ -305,7 +285,7 @@ fn run_embedding(
 fn embed(args: EmbedArgs) -> Result<()> {
     check_output_dir(&args.output)?;
     let (model, device) = load_model(&args.model)?;
-    let (features, _) = run_embedding(&model, &device, &args.images, &args.size, args.batch_size)?;
+    let (features, _) = run_embedding(&model, &device, &args.images, &args.size, args.batch_size, false)?;
     features.write(&args.output)?;
     eprintln!(
         "wrote {}: cls [{}, {}], patch [{}, {}, {}, {}]{}",
@@ -328,10 +308,7 @@ fn embed(args: EmbedArgs) -> Result<()> {
 fn save_png(image: &image::RgbImage, path: &Path) -> Result<()> {
     let mut bytes = Vec::new();
     image
-        .write_to(
-            &mut std::io::Cursor::new(&mut bytes),
-            image::ImageFormat::Png,
-        )
+        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
         .map_err(|e| Error::image(path, format!("cannot encode PNG: {e}")))?;
     crate::io::write_atomic(path, &bytes)
 }
@@ -339,17 +316,10 @@ fn save_png(image: &image::RgbImage, path: &Path) -> Result<()> {
 fn pca_command(args: PcaArgs) -> Result<()> {
     check_output_dir(&args.output)?;
     let (model, device) = load_model(&args.model)?;
-    let (features, shown) = run_embedding(&model, &device, &args.images, &args.size, 8)?;
+    let (features, shown) = run_embedding(&model, &device, &args.images, &args.size, 8, true)?;
     let patches: Vec<&[f32]> = (0..features.n).map(|i| features.patches_of(i)).collect();
-    let maps = pca::pca_maps(
-        &patches,
-        features.h,
-        features.w,
-        features.d,
-        args.foreground_mask,
-    );
-    let images: Vec<_> = shown.into_iter().map(|p| p.rgb).collect();
-    save_png(&pca::side_by_side(&images, &maps.maps), &args.output)?;
+    let maps = pca::pca_maps(&patches, features.h, features.w, features.d, args.foreground_mask);
+    save_png(&pca::side_by_side(&shown, &maps.maps), &args.output)?;
     eprintln!(
         "wrote {} ({} images, {}x{} patches each)",
         args.output.display(),
@@ -364,18 +334,11 @@ fn match_command(args: MatchArgs) -> Result<()> {
     check_output_dir(&args.output)?;
     let (model, device) = load_model(&args.model)?;
     let embed_one =
-        |path: &PathBuf| run_embedding(&model, &device, std::slice::from_ref(path), &args.size, 1);
+        |path: &PathBuf| run_embedding(&model, &device, std::slice::from_ref(path), &args.size, 1, true);
     let (fa, sa) = embed_one(&args.a)?;
     let (fb, sb) = embed_one(&args.b)?;
     let matches = matching::mutual_nearest_neighbours(&fa.patch, &fb.patch, fa.d, args.top_k);
-    let picture = matching::draw_matches(
-        &sa[0].rgb,
-        &sb[0].rgb,
-        &matches,
-        model.config.patch_size,
-        fa.w,
-        fb.w,
-    );
+    let picture = matching::draw_matches(&sa[0], &sb[0], &matches, model.config.patch_size, fa.w, fb.w);
     save_png(&picture, &args.output)?;
     let mean = matches.iter().map(|m| m.similarity).sum::<f32>() / matches.len().max(1) as f32;
     eprintln!(
@@ -395,10 +358,7 @@ fn info(args: InfoArgs) -> Result<()> {
         println!("wgpu adapters: none");
     }
     for (i, a) in adapters.iter().enumerate() {
-        println!(
-            "wgpu adapter {i}: {} ({}, {}, driver {})",
-            a.name, a.backend, a.device_type, a.driver
-        );
+        println!("wgpu adapter {i}: {} ({}, {}, driver {})", a.name, a.backend, a.device_type, a.driver);
         println!(
             "  features: shader-f16 {}, subgroups {}",
             if a.shader_f16 { "yes" } else { "no" },
@@ -415,9 +375,7 @@ fn info(args: InfoArgs) -> Result<()> {
     match kind {
         BackendKind::Ndarray | BackendKind::Auto => println!(
             "in use: ndarray (CPU, {} threads)",
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
         ),
         BackendKind::Wgpu => {
             let device = backend::device(kind)?;
@@ -436,22 +394,18 @@ fn presets(name: Option<String>) -> Result<()> {
     for n in names {
         let config = VitConfig::preset(&n)?;
         let json = serde_json::to_string_pretty(&config).expect("config serialises");
-        println!(
-            "// {n}: {:.1}M parameters\n{json}",
-            config.num_params() as f64 / 1e6
-        );
+        println!("// {n}: {:.1}M parameters\n{json}", config.num_params() as f64 / 1e6);
     }
     Ok(())
 }
 
 fn bench_embed(args: BenchEmbedArgs) -> Result<()> {
+    if args.iters == 0 || args.batch_size == 0 {
+        return Err(Error::Usage("--iters and --batch-size must be at least 1".into()));
+    }
     let config = VitConfig::preset(&args.arch)?;
-    let kinds = args
-        .backends
-        .split(',')
-        .map(BackendKind::parse)
-        .collect::<Result<Vec<_>>>()?;
-    let mut baseline = None;
+    let kinds = args.backends.split(',').map(BackendKind::parse).collect::<Result<Vec<_>>>()?;
+    let mut baseline: Option<(f64, &str)> = None;
     println!(
         "embed benchmark: {} ({:.1}M params), {}x{} px, batch {}, {} timed batches after 1 warm-up",
         args.arch,
@@ -483,14 +437,8 @@ fn bench_embed(args: BenchEmbedArgs) -> Result<()> {
         }
         let seconds = start.elapsed().as_secs_f64();
         let rate = (args.iters * args.batch_size) as f64 / seconds;
-        let base = *baseline.get_or_insert(rate);
-        println!(
-            "{:8} {:8.2} images/s  ({:.2}x the {} baseline)",
-            kind.name(),
-            rate,
-            rate / base,
-            "first"
-        );
+        let (base, base_name) = *baseline.get_or_insert((rate, kind.name()));
+        println!("{:8} {:8.2} images/s  ({:.2}x the {} baseline)", kind.name(), rate, rate / base, base_name);
     }
     Ok(())
 }

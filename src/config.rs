@@ -135,26 +135,15 @@ impl VitConfig {
         };
         let &(_, embed_dim, depth, num_heads, swiglu) =
             TABLE.iter().find(|row| row.0 == base).ok_or_else(|| {
-                Error::Usage(format!(
-                    "unknown preset `{name}`: expected one of {}",
-                    PRESET_NAMES.join(", ")
-                ))
+                Error::Usage(format!("unknown preset `{name}`: expected one of {}", PRESET_NAMES.join(", ")))
             })?;
         let mlp_hidden = 4 * embed_dim;
         Ok(Self {
             embed_dim,
             depth,
             num_heads,
-            ffn: if swiglu {
-                FfnKind::Swiglu
-            } else {
-                FfnKind::Mlp
-            },
-            ffn_hidden: if swiglu {
-                swiglu_hidden(mlp_hidden)
-            } else {
-                mlp_hidden
-            },
+            ffn: if swiglu { FfnKind::Swiglu } else { FfnKind::Mlp },
+            ffn_hidden: if swiglu { swiglu_hidden(mlp_hidden) } else { mlp_hidden },
             patch_size: 14,
             pos_grid: 37,
             num_register_tokens: registers,
@@ -195,15 +184,20 @@ impl VitConfig {
     /// Read a config from a JSON file.
     pub fn from_json_file(path: &std::path::Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let config: Self = serde_json::from_str(&text)
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-        config.validate()?;
+        let config: Self =
+            serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        config.check().map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         Ok(config)
     }
 
     /// Check the numbers fit together.
     pub fn validate(&self) -> Result<()> {
-        let bad = |msg: String| Err(Error::Config(msg));
+        self.check().map_err(Error::Config)
+    }
+
+    /// [`Self::validate`] with a plain message, for callers that add where the config came from.
+    pub fn check(&self) -> Result<(), String> {
+        let bad = |msg: String| Err(msg);
         if self.embed_dim == 0 || self.depth == 0 || self.num_heads == 0 || self.ffn_hidden == 0 {
             return bad("embed_dim, depth, num_heads and ffn_hidden must be positive".into());
         }
@@ -216,6 +210,20 @@ impl VitConfig {
         if self.patch_size == 0 || self.pos_grid == 0 {
             return bad("patch_size and pos_grid must be positive".into());
         }
+        // Far beyond any real model; keeps a corrupt file from asking for absurd allocations.
+        let limits = [
+            ("embed_dim", self.embed_dim, 1 << 15),
+            ("depth", self.depth, 1024),
+            ("ffn_hidden", self.ffn_hidden, 1 << 17),
+            ("patch_size", self.patch_size, 1024),
+            ("pos_grid", self.pos_grid, 4096),
+            ("num_register_tokens", self.num_register_tokens, 4096),
+        ];
+        for (name, value, max) in limits {
+            if value > max {
+                return bad(format!("{name} {value} exceeds {max}"));
+            }
+        }
         Ok(())
     }
 
@@ -226,8 +234,7 @@ impl VitConfig {
             FfnKind::Mlp => 2 * d * self.ffn_hidden + self.ffn_hidden + d,
             FfnKind::Swiglu => 3 * d * self.ffn_hidden + 2 * self.ffn_hidden + d,
         };
-        let block =
-            4 * d /* norms */ + 3 * d * d + 3 * d + d * d + d + 2 * d /* layerscale */ + ffn;
+        let block = 4 * d /* norms */ + 3 * d * d + 3 * d + d * d + d + 2 * d /* layerscale */ + ffn;
         let embed = 3 * self.patch_size * self.patch_size * d + d;
         let tokens = d * (1 + self.pos_grid * self.pos_grid + 1 + self.num_register_tokens + 1);
         embed + tokens + self.depth * block + 2 * d
@@ -254,22 +261,14 @@ mod tests {
             c.validate().unwrap();
         }
         let g = VitConfig::preset("vitg14").unwrap();
-        assert_eq!(
-            (g.embed_dim, g.depth, g.num_heads, g.ffn_hidden),
-            (1536, 40, 24, 4096)
-        );
+        assert_eq!((g.embed_dim, g.depth, g.num_heads, g.ffn_hidden), (1536, 40, 24, 4096));
         // Published sizes: ViT-S/14 21M, ViT-B/14 86M, ViT-L/14 300M, ViT-g/14 1.1B.
         let millions = |n: &str| VitConfig::preset(n).unwrap().num_params() as f64 / 1e6;
         assert!((21.0..23.0).contains(&millions("vits14")));
         assert!((86.0..88.0).contains(&millions("vitb14")));
         assert!((303.0..306.0).contains(&millions("vitl14")));
         assert!((1130.0..1140.0).contains(&millions("vitg14")));
-        assert_eq!(
-            VitConfig::preset("vitb14_reg4")
-                .unwrap()
-                .num_register_tokens,
-            4
-        );
+        assert_eq!(VitConfig::preset("vitb14_reg4").unwrap().num_register_tokens, 4);
         assert!(VitConfig::preset("vit_huge").is_err());
     }
 }

@@ -8,10 +8,7 @@ use std::path::{Path, PathBuf};
 pub enum Error {
     /// A file could not be read or written.
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     /// An image could not be decoded or is unusable.
     #[error("{path}: {message}")]
     Image { path: PathBuf, message: String },
@@ -38,25 +35,16 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An I/O error on `path`.
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        Error::Io { path: path.to_path_buf(), source }
     }
 
     /// A checkpoint problem in `path`.
     pub fn checkpoint(path: &Path, message: impl Into<String>) -> Self {
-        Error::Checkpoint {
-            path: path.to_path_buf(),
-            message: message.into(),
-        }
+        Error::Checkpoint { path: path.to_path_buf(), message: message.into() }
     }
 
     /// An image problem in `path`.
     pub fn image(path: &Path, message: impl Into<String>) -> Self {
-        Error::Image {
-            path: path.to_path_buf(),
-            message: message.into(),
-        }
+        Error::Image { path: path.to_path_buf(), message: message.into() }
     }
 }

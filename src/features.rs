@@ -72,10 +72,7 @@ pub fn embed_batch(
     for p in batch {
         pixels.extend_from_slice(&p.pixels);
     }
-    let images = Tensor::<4>::from_data(
-        TensorData::new(pixels, [batch.len(), 3, height, width]),
-        device,
-    );
+    let images = Tensor::<4>::from_data(TensorData::new(pixels, [batch.len(), 3, height, width]), device);
     let features = model.forward_features(images);
     out.cls.extend(to_host(features.cls)?);
     out.patch.extend(to_host(features.patch)?);
@@ -105,11 +102,7 @@ pub fn embed_files(
 ) -> Result<FeatureSet> {
     let c = &model.config;
     let patch = c.patch_size;
-    let mut out = FeatureSet {
-        d: c.embed_dim,
-        r: c.num_register_tokens,
-        ..Default::default()
-    };
+    let mut out = FeatureSet { d: c.embed_dim, r: c.num_register_tokens, ..Default::default() };
     let mut first: Option<(PathBuf, usize, usize)> = None;
     for chunk in paths.chunks(options.batch_size.max(1)) {
         let mut batch = Vec::with_capacity(chunk.len());

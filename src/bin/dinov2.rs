@@ -6,9 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    if std::env::var_os("XDG_RUNTIME_DIR").is_none()
-        && std::env::var_os("NODEVICE_SELECT").is_none()
-    {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() && std::env::var_os("NODEVICE_SELECT").is_none() {
         // Headless: Mesa's implicit Vulkan device-select layer would try to reach a Wayland
         // display and print "XDG_RUNTIME_DIR is invalid" several times. It only orders GPUs for
         // a desktop session, so switch it off.
@@ -19,7 +17,10 @@ fn main() -> ExitCode {
     match dinov2_wgpu::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // Device errors from wgpu can span lines; the CLI promises one.
+            let message = e.to_string();
+            let one_line: Vec<&str> = message.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            eprintln!("error: {}", one_line.join("; "));
             ExitCode::FAILURE
         }
     }

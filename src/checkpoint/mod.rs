@@ -1,6 +1,6 @@
 //! Backbone weights from local files, with no network: official DINOv2 `.pth` state dicts,
-//! HuggingFace folders (`config.json` + `model.safetensors` or `pytorch_model.bin`), and the
-//! project's own safetensors files (official key names, the config in the metadata).
+//! HuggingFace folders (`config.json` + `model.safetensors` or `pytorch_model.bin`), and
+//! safetensors files in either key layout.
 //!
 //! Loading is planned before anything is read: every tensor the architecture needs is mapped
 //! to the file's key(s) and checked by shape, so a missing, unexpected or mis-shaped tensor is
@@ -17,9 +17,6 @@ pub use source::TensorSource;
 use crate::config::{FfnKind, PosInterpolation, VitConfig, swiglu_hidden};
 use crate::error::{Error, Result};
 
-/// Metadata key under which the project stores a [`VitConfig`] (JSON) in its safetensors.
-pub const CONFIG_METADATA_KEY: &str = "dinov2_wgpu.config";
-
 /// Where a checkpoint came from; decides the default position-embedding interpolation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CheckpointKind {
@@ -27,8 +24,6 @@ pub enum CheckpointKind {
     Official,
     /// HuggingFace `Dinov2Model` / `Dinov2WithRegistersModel` (`encoder.layer.N...`).
     HuggingFace,
-    /// Written by this project: official names, config in the safetensors metadata.
-    Project,
 }
 
 /// What the user said about the architecture; everything else is read from the checkpoint.
@@ -36,7 +31,8 @@ pub enum CheckpointKind {
 pub struct LoadOptions {
     /// A preset name (`--arch`).
     pub arch: Option<String>,
-    /// A full config (`--config`).
+    /// A full config (`--config`). It describes the architecture; the interpolation still
+    /// comes from the checkpoint kind unless `interpolation` is set.
     pub config: Option<VitConfig>,
     /// Position-embedding interpolation override (`--interpolation`).
     pub interpolation: Option<PosInterpolation>,
@@ -61,9 +57,10 @@ impl BackboneWeights {
 
     /// The tensor `key` (official name) as f32 with its PyTorch shape.
     pub fn tensor(&self, key: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-        let (shape, sources) = self.recipes.get(key).ok_or_else(|| {
-            Error::checkpoint(self.source.path(), format!("no tensor for `{key}`"))
-        })?;
+        let (shape, sources) = self
+            .recipes
+            .get(key)
+            .ok_or_else(|| Error::checkpoint(self.source.path(), format!("no tensor for `{key}`")))?;
         let mut data = Vec::with_capacity(shape.iter().product());
         for src in sources {
             data.extend(self.source.read_f32(src)?);
@@ -89,41 +86,33 @@ pub fn read_backbone(path: &Path, options: &LoadOptions) -> Result<BackboneWeigh
     let source = TensorSource::open(&file)?;
     let (layout, prefix) = detect_layout(&source)?;
 
-    let project_config = match source.metadata.get(CONFIG_METADATA_KEY) {
-        Some(json) => Some(serde_json::from_str::<VitConfig>(json).map_err(|e| {
-            Error::checkpoint(&file, format!("config in metadata is invalid: {e}"))
-        })?),
-        None => None,
+    let kind = match layout {
+        Layout::HuggingFace => CheckpointKind::HuggingFace,
+        Layout::Official => CheckpointKind::Official,
     };
-    let kind = match (layout, &project_config) {
-        (Layout::HuggingFace, _) => CheckpointKind::HuggingFace,
-        (Layout::Official, Some(_)) => CheckpointKind::Project,
-        (Layout::Official, None) => CheckpointKind::Official,
-    };
-
     let view = KeyView::new(&source, layout, &prefix);
     let mut config = if let Some(config) = &options.config {
         config.clone()
     } else if let Some(name) = &options.arch {
         VitConfig::preset(name)?
-    } else if let Some(config) = project_config.clone() {
-        config
-    } else if let Some(hf) = &hf_config {
-        config_from_hf(hf).map_err(|m| Error::checkpoint(path, format!("config.json: {m}")))?
     } else {
-        infer_config(&view).map_err(|m| Error::checkpoint(&file, m))?
+        let mut config = infer_config(&view).map_err(|m| Error::checkpoint(&file, m))?;
+        if let Some(hf) = &hf_config {
+            apply_hf_config(&mut config, hf).map_err(|m| Error::checkpoint(&path.join("config.json"), m))?;
+        }
+        if config.num_heads == 0 {
+            let message = format!(
+                "width {} is not a multiple of the head width 64; pass --arch or --config",
+                config.embed_dim
+            );
+            return Err(Error::checkpoint(&file, message));
+        }
+        config.check().map_err(|e| Error::checkpoint(&file, format!("inferred architecture: {e}")))?;
+        config
     };
-    config.validate()?;
     config.interpolation = match (options.interpolation, kind) {
         (Some(interp), _) => interp,
-        (None, CheckpointKind::Project) => {
-            project_config
-                .expect("project kind has a config")
-                .interpolation
-        }
-        (None, CheckpointKind::Official) if config.num_register_tokens > 0 => {
-            PosInterpolation::ANTIALIAS
-        }
+        (None, CheckpointKind::Official) if config.num_register_tokens > 0 => PosInterpolation::ANTIALIAS,
         (None, CheckpointKind::Official) => PosInterpolation::OFFICIAL,
         (None, CheckpointKind::HuggingFace) => {
             let registers = hf_config
@@ -132,28 +121,15 @@ pub fn read_backbone(path: &Path, options: &LoadOptions) -> Result<BackboneWeigh
                 .and_then(|t| t.as_str())
                 .map(|t| t == "dinov2_with_registers")
                 .unwrap_or(config.num_register_tokens > 0);
-            if registers {
-                PosInterpolation::ANTIALIAS
-            } else {
-                PosInterpolation::SIZE
-            }
+            if registers { PosInterpolation::ANTIALIAS } else { PosInterpolation::SIZE }
         }
     };
 
     let recipes = plan(&config, &view).map_err(|m| {
-        let what = options
-            .arch
-            .as_deref()
-            .map(|a| format!(" (for --arch {a})"))
-            .unwrap_or_default();
+        let what = options.arch.as_deref().map(|a| format!(" (for --arch {a})")).unwrap_or_default();
         Error::checkpoint(&file, format!("{m}{what}"))
     })?;
-    Ok(BackboneWeights {
-        config,
-        kind,
-        source,
-        recipes,
-    })
+    Ok(BackboneWeights { config, kind, source, recipes })
 }
 
 /// A folder is a HuggingFace model: its weights file and its parsed `config.json`.
@@ -174,10 +150,7 @@ fn resolve_files(path: &Path) -> Result<(PathBuf, Option<serde_json::Value>)> {
             return Ok((file, Some(config)));
         }
     }
-    Err(Error::checkpoint(
-        path,
-        "folder has neither model.safetensors nor pytorch_model.bin",
-    ))
+    Err(Error::checkpoint(path, "folder has neither model.safetensors nor pytorch_model.bin"))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,8 +170,7 @@ fn detect_layout(source: &TensorSource) -> Result<(Layout, String)> {
             if let Some(p) = k.strip_suffix("embeddings.cls_token") {
                 Some((Layout::HuggingFace, p.to_string()))
             } else {
-                k.strip_suffix("cls_token")
-                    .map(|p| (Layout::Official, p.to_string()))
+                k.strip_suffix("cls_token").map(|p| (Layout::Official, p.to_string()))
             }
         })
         .collect();
@@ -233,11 +205,7 @@ impl<'a> KeyView<'a> {
             };
             keys.insert(local, key.clone());
         }
-        Self {
-            source,
-            layout,
-            keys,
-        }
+        Self { source, layout, keys }
     }
 
     fn shape(&self, local: &str) -> Option<&[usize]> {
@@ -251,13 +219,7 @@ impl<'a> KeyView<'a> {
         };
         self.keys
             .keys()
-            .filter_map(|k| {
-                k.strip_prefix(prefix)?
-                    .split('.')
-                    .next()?
-                    .parse::<usize>()
-                    .ok()
-            })
+            .filter_map(|k| k.strip_prefix(prefix)?.split('.').next()?.parse::<usize>().ok())
             .map(|i| i + 1)
             .max()
             .unwrap_or(0)
@@ -278,19 +240,10 @@ fn unchunk(key: &str) -> String {
     }
 }
 
-fn config_from_hf(hf: &serde_json::Value) -> Result<VitConfig, String> {
-    let int = |k: &str| {
-        hf.get(k)
-            .and_then(|v| v.as_u64())
-            .map(|v| v as usize)
-            .ok_or(format!("missing integer `{k}`"))
-    };
-    let embed_dim = int("hidden_size")?;
-    let mlp_ratio = hf.get("mlp_ratio").and_then(|v| v.as_f64()).unwrap_or(4.0);
-    let swiglu = hf
-        .get("use_swiglu_ffn")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
+/// What `config.json` adds to the shapes: the head count, the LayerNorm epsilon, and checks
+/// that the model is one this engine computes.
+fn apply_hf_config(config: &mut VitConfig, hf: &serde_json::Value) -> Result<(), String> {
+    let swiglu = hf.get("use_swiglu_ffn").and_then(|v| v.as_bool()).unwrap_or(false);
     if let Some(act) = hf.get("hidden_act").and_then(|v| v.as_str())
         && !swiglu
         && act != "gelu"
@@ -300,36 +253,17 @@ fn config_from_hf(hf: &serde_json::Value) -> Result<VitConfig, String> {
     if hf.get("qkv_bias").and_then(|v| v.as_bool()) == Some(false) {
         return Err("qkv_bias false is not supported".into());
     }
-    let mlp_hidden = (embed_dim as f64 * mlp_ratio) as usize;
-    let image_size = int("image_size")?;
-    let patch_size = int("patch_size")?;
-    Ok(VitConfig {
-        embed_dim,
-        depth: int("num_hidden_layers")?,
-        num_heads: int("num_attention_heads")?,
-        ffn: if swiglu {
-            FfnKind::Swiglu
-        } else {
-            FfnKind::Mlp
-        },
-        ffn_hidden: if swiglu {
-            swiglu_hidden(mlp_hidden)
-        } else {
-            mlp_hidden
-        },
-        patch_size,
-        pos_grid: image_size / patch_size,
-        num_register_tokens: int("num_register_tokens").unwrap_or(0),
-        layer_norm_eps: hf
-            .get("layer_norm_eps")
-            .and_then(|v| v.as_f64())
-            .unwrap_or(1e-6),
-        layerscale_init: hf
-            .get("layerscale_value")
-            .and_then(|v| v.as_f64())
-            .unwrap_or(1.0),
-        interpolation: PosInterpolation::SIZE,
-    })
+    if let Some(heads) = hf.get("num_attention_heads") {
+        config.num_heads = heads
+            .as_u64()
+            .filter(|&h| h > 0)
+            .ok_or(format!("num_attention_heads {heads} is not a positive integer"))?
+            as usize;
+    }
+    if let Some(eps) = hf.get("layer_norm_eps").and_then(|v| v.as_f64()) {
+        config.layer_norm_eps = eps;
+    }
+    Ok(())
 }
 
 /// Architecture from tensor shapes, head width 64 as in every official model.
@@ -353,45 +287,36 @@ fn infer_config(view: &KeyView) -> Result<VitConfig, String> {
         ),
     };
     let need = |k: &str| view.shape(k).ok_or(format!("missing tensor `{k}`"));
-    let embed_dim = *need(cls)?.last().ok_or("`cls_token` is a scalar")?;
-    let positions = need(pos)?
-        .get(1)
-        .copied()
-        .ok_or("`pos_embed` has no token axis")?
-        .saturating_sub(1);
+    let axis = |k: &str, i: usize| -> Result<usize, String> {
+        need(k)?.get(i).copied().ok_or(format!("tensor `{k}` has too few axes"))
+    };
+    let embed_dim = axis(cls, 2)?;
+    let positions = axis(pos, 1)?.saturating_sub(1);
     let pos_grid = (positions as f64).sqrt().round() as usize;
     if pos_grid * pos_grid != positions {
-        return Err(format!(
-            "position embedding holds {positions} patch positions, not a square grid"
-        ));
+        return Err(format!("position embedding holds {positions} patch positions, not a square grid"));
     }
-    let patch_size = need(patch)?
-        .get(2)
-        .copied()
-        .ok_or("patch embedding weight is not 4-D")?;
-    let (ffn, ffn_hidden) = if let Some(s) = view.shape(mlp_fc1) {
-        (FfnKind::Mlp, s[0])
-    } else if let Some(s) = view.shape(w12) {
-        (FfnKind::Swiglu, s[0] / 2)
-    } else if let Some(s) = view.shape("encoder.layer.0.mlp.gate_proj.weight") {
-        (FfnKind::Swiglu, s[0])
+    let patch_size = axis(patch, 2)?;
+    let gate = "encoder.layer.0.mlp.gate_proj.weight";
+    let (ffn, ffn_hidden) = if view.shape(mlp_fc1).is_some() {
+        (FfnKind::Mlp, axis(mlp_fc1, 0)?)
+    } else if view.shape(w12).is_some() {
+        (FfnKind::Swiglu, axis(w12, 0)? / 2)
+    } else if view.shape(gate).is_some() {
+        (FfnKind::Swiglu, axis(gate, 0)?)
     } else {
         return Err(format!("missing tensor `{mlp_fc1}` (or a SwiGLU `{w12}`)"));
     };
-    if embed_dim % 64 != 0 {
-        return Err(format!(
-            "width {embed_dim} is not a multiple of the head width 64; pass --arch or --config"
-        ));
-    }
     Ok(VitConfig {
         embed_dim,
         depth: view.depth(),
-        num_heads: embed_dim / 64,
+        // head width 64, as in every official model; 0 (refused by `check`) when impossible
+        num_heads: if embed_dim % 64 == 0 { embed_dim / 64 } else { 0 },
         ffn,
         ffn_hidden,
         patch_size,
         pos_grid,
-        num_register_tokens: view.shape(regs).map(|s| s[1]).unwrap_or(0),
+        num_register_tokens: if view.shape(regs).is_some() { axis(regs, 1)? } else { 0 },
         layer_norm_eps: 1e-6,
         layerscale_init: 1e-5,
         interpolation: PosInterpolation::OFFICIAL,
@@ -462,43 +387,20 @@ fn hf_alternatives(official: &str) -> Vec<Vec<String>> {
     if let Some(t) = official.strip_prefix("patch_embed.proj.") {
         return one(&format!("embeddings.patch_embeddings.projection.{t}"));
     }
-    let rest = official
-        .strip_prefix("blocks.")
-        .expect("official block key");
+    let rest = official.strip_prefix("blocks.").expect("official block key");
     let (i, key) = rest.split_once('.').expect("block index");
     let l = format!("encoder.layer.{i}.");
-    let many = |names: &[&str], t: &str| {
-        names
-            .iter()
-            .map(|n| format!("{l}{n}.{t}"))
-            .collect::<Vec<_>>()
-    };
+    let many = |names: &[&str], t: &str| names.iter().map(|n| format!("{l}{n}.{t}")).collect::<Vec<_>>();
     let (base, t) = key.rsplit_once('.').expect("param name");
     match base {
         "attn.qkv" => vec![
-            many(
-                &[
-                    "attention.attention.query",
-                    "attention.attention.key",
-                    "attention.attention.value",
-                ],
-                t,
-            ),
-            many(
-                &["attention.q_proj", "attention.k_proj", "attention.v_proj"],
-                t,
-            ),
+            many(&["attention.attention.query", "attention.attention.key", "attention.attention.value"], t),
+            many(&["attention.q_proj", "attention.k_proj", "attention.v_proj"], t),
         ],
-        "attn.proj" => vec![
-            many(&["attention.output.dense"], t),
-            many(&["attention.o_proj"], t),
-        ],
+        "attn.proj" => vec![many(&["attention.output.dense"], t), many(&["attention.o_proj"], t)],
         "ls1" => vec![many(&["layer_scale1"], "lambda1")],
         "ls2" => vec![many(&["layer_scale2"], "lambda1")],
-        "mlp.w12" => vec![
-            many(&["mlp.weights_in"], t),
-            many(&["mlp.gate_proj", "mlp.up_proj"], t),
-        ],
+        "mlp.w12" => vec![many(&["mlp.weights_in"], t), many(&["mlp.gate_proj", "mlp.up_proj"], t)],
         "mlp.w3" => vec![many(&["mlp.weights_out"], t), many(&["mlp.down_proj"], t)],
         other => vec![many(&[other], t)], // norm1, norm2, mlp.fc1, mlp.fc2
     }
@@ -509,10 +411,7 @@ fn fmt_shape(s: &[usize]) -> String {
 }
 
 /// Map every needed tensor to file keys and check every shape; then nothing is left over.
-fn plan(
-    config: &VitConfig,
-    view: &KeyView,
-) -> Result<BTreeMap<String, (Vec<usize>, Vec<String>)>, String> {
+fn plan(config: &VitConfig, view: &KeyView) -> Result<BTreeMap<String, (Vec<usize>, Vec<String>)>, String> {
     let mut recipes = BTreeMap::new();
     let mut used = BTreeSet::new();
     let mut problems = Vec::new();
@@ -521,10 +420,8 @@ fn plan(
             Layout::Official => vec![vec![name.clone()]],
             Layout::HuggingFace => hf_alternatives(&name),
         };
-        let chosen = alternatives
-            .iter()
-            .find(|alt| view.shape(&alt[0]).is_some())
-            .unwrap_or(&alternatives[0]);
+        let chosen =
+            alternatives.iter().find(|alt| view.shape(&alt[0]).is_some()).unwrap_or(&alternatives[0]);
         let parts = chosen.len();
         let mut part_shape = shape.clone();
         part_shape[0] /= parts;
@@ -561,10 +458,7 @@ fn plan(
     }
     for (local, _) in view.keys.iter().filter(|(k, _)| !used.contains(*k)) {
         let shape = view.shape(local).unwrap_or(&[]);
-        problems.push(format!(
-            "unexpected tensor `{local}` with shape {}",
-            fmt_shape(shape)
-        ));
+        problems.push(format!("unexpected tensor `{local}` with shape {}", fmt_shape(shape)));
     }
     match problems.len() {
         0 => Ok(recipes),
@@ -579,37 +473,17 @@ mod tests {
 
     #[test]
     fn block_chunks_are_flattened() {
-        assert_eq!(
-            unchunk("blocks.1.7.attn.qkv.weight"),
-            "blocks.7.attn.qkv.weight"
-        );
-        assert_eq!(
-            unchunk("blocks.7.attn.qkv.weight"),
-            "blocks.7.attn.qkv.weight"
-        );
+        assert_eq!(unchunk("blocks.1.7.attn.qkv.weight"), "blocks.7.attn.qkv.weight");
+        assert_eq!(unchunk("blocks.7.attn.qkv.weight"), "blocks.7.attn.qkv.weight");
         assert_eq!(unchunk("blocks.7.ls1.gamma"), "blocks.7.ls1.gamma");
     }
 
     #[test]
-    fn hf_names_cover_every_official_tensor() {
-        let mut config = VitConfig::preset("vits14_reg4").unwrap();
-        for ffn in [FfnKind::Mlp, FfnKind::Swiglu] {
-            config.ffn = ffn;
-            for (name, _) in official_shapes(&config) {
-                let alts = hf_alternatives(&name);
-                assert!(
-                    !alts.is_empty() && alts.iter().all(|a| !a.is_empty()),
-                    "{name}"
-                );
-            }
-        }
+    fn hf_names() {
         assert_eq!(
             hf_alternatives("blocks.3.attn.qkv.bias")[0][1],
             "encoder.layer.3.attention.attention.key.bias"
         );
-        assert_eq!(
-            hf_alternatives("blocks.0.norm2.weight")[0][0],
-            "encoder.layer.0.norm2.weight"
-        );
+        assert_eq!(hf_alternatives("blocks.0.norm2.weight")[0][0], "encoder.layer.0.norm2.weight");
     }
 }

@@ -12,8 +12,6 @@ pub struct TensorSource {
     path: PathBuf,
     shapes: BTreeMap<String, Vec<usize>>,
     kind: SourceKind,
-    /// Free-form metadata of a safetensors file (the project writes its config there).
-    pub metadata: BTreeMap<String, String>,
 }
 
 enum SourceKind {
@@ -34,10 +32,7 @@ impl TensorSource {
             let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
             let n = file.read(&mut head).map_err(|e| Error::io(path, e))?;
             if n < 8 {
-                return Err(Error::checkpoint(
-                    path,
-                    format!("file is {n} bytes long: not a checkpoint"),
-                ));
+                return Err(Error::checkpoint(path, format!("file is {n} bytes long: not a checkpoint")));
             }
         }
         // A ZIP archive (torch.save since 1.6) starts with "PK"; the legacy pickle stream with
@@ -50,20 +45,10 @@ impl TensorSource {
     }
 
     fn open_pickle(path: &Path) -> Result<Self> {
-        let reader = pytorch_reader::PytorchReader::new(path).map_err(|e| {
-            Error::checkpoint(path, format!("not a readable PyTorch checkpoint: {e}"))
-        })?;
-        let shapes = reader
-            .tensors()
-            .iter()
-            .map(|(k, t)| (k.clone(), t.shape().to_vec()))
-            .collect();
-        Ok(Self {
-            path: path.to_path_buf(),
-            shapes,
-            kind: SourceKind::Pickle(reader),
-            metadata: BTreeMap::new(),
-        })
+        let reader = pytorch_reader::PytorchReader::new(path)
+            .map_err(|e| Error::checkpoint(path, format!("not a readable PyTorch checkpoint: {e}")))?;
+        let shapes = reader.tensors().iter().map(|(k, t)| (k.clone(), t.shape().to_vec())).collect();
+        Ok(Self { path: path.to_path_buf(), shapes, kind: SourceKind::Pickle(reader) })
     }
 
     fn open_safetensors(path: &Path) -> Result<Self> {
@@ -72,8 +57,7 @@ impl TensorSource {
             use safetensors::SafeTensorError as E;
             let message = match e {
                 E::MetadataIncompleteBuffer | E::InvalidHeaderLength => {
-                    "file is truncated: its length does not match its safetensors header"
-                        .to_string()
+                    "file length does not match its safetensors header (truncated or corrupt)".to_string()
                 }
                 other => format!("not a readable checkpoint (PyTorch or safetensors): {other}"),
             };
@@ -85,21 +69,10 @@ impl TensorSource {
             shapes.insert(name.clone(), info.shape.clone());
             infos.insert(name, (info.dtype, info.data_offsets.0, info.data_offsets.1));
         }
-        let metadata = meta
-            .metadata()
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
         Ok(Self {
             path: path.to_path_buf(),
             shapes,
-            kind: SourceKind::Safetensors {
-                bytes,
-                header_len,
-                infos,
-            },
-            metadata,
+            kind: SourceKind::Safetensors { bytes, header_len, infos },
         })
     }
 
@@ -123,9 +96,7 @@ impl TensorSource {
         let bad = |msg: String| Error::checkpoint(&self.path, format!("tensor `{key}`: {msg}"));
         match &self.kind {
             SourceKind::Pickle(reader) => {
-                let tensor = reader
-                    .get(key)
-                    .ok_or_else(|| bad("not in the checkpoint".into()))?;
+                let tensor = reader.get(key).ok_or_else(|| bad("not in the checkpoint".into()))?;
                 let bytes = tensor
                     .read()
                     .map_err(|e| bad(format!("unreadable data ({e}); is the file truncated?")))?;
@@ -141,14 +112,9 @@ impl TensorSource {
                 };
                 Ok(to_f32(&bytes, dtype))
             }
-            SourceKind::Safetensors {
-                bytes,
-                header_len,
-                infos,
-            } => {
-                let &(dtype, start, end) = infos
-                    .get(key)
-                    .ok_or_else(|| bad("not in the checkpoint".into()))?;
+            SourceKind::Safetensors { bytes, header_len, infos } => {
+                let &(dtype, start, end) =
+                    infos.get(key).ok_or_else(|| bad("not in the checkpoint".into()))?;
                 let begin = 8 + header_len;
                 let data = bytes.get(begin + start..begin + end).ok_or_else(|| {
                     bad("data lies past the end of the file; is the file truncated?".into())
@@ -178,21 +144,18 @@ enum ElemType {
 
 fn to_f32(bytes: &[u8], dtype: ElemType) -> Vec<f32> {
     match dtype {
-        ElemType::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
+        ElemType::F32 => {
+            bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+        }
         ElemType::F64 => bytes
             .chunks_exact(8)
             .map(|b| f64::from_le_bytes(b.try_into().expect("8-byte chunk")) as f32)
             .collect(),
-        ElemType::F16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        ElemType::BF16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
+        ElemType::F16 => {
+            bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+        }
+        ElemType::BF16 => {
+            bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+        }
     }
 }

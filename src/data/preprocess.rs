@@ -17,6 +17,11 @@ pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// ImageNet channel standard deviations.
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
+/// Largest `--size`.
+pub const MAX_SIDE: usize = 8192;
+/// Largest image handed to the model, in pixels (a 8192 x 8192 square).
+pub const MAX_PIXELS: u64 = 1 << 26;
+
 /// How images are sized before the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Resize {
@@ -35,9 +40,9 @@ impl Resize {
             "native" => Ok(Resize::Native),
             "eval" => Ok(Resize::Eval),
             n => match n.parse::<usize>() {
-                Ok(n) if n > 0 => Ok(Resize::Shorter(n)),
+                Ok(n) if n > 0 && n <= MAX_SIDE => Ok(Resize::Shorter(n)),
                 _ => Err(Error::Usage(format!(
-                    "--size `{text}`: expected native, eval or a positive number of pixels"
+                    "--size `{text}`: expected native, eval or a number of pixels from 1 to {MAX_SIDE}"
                 ))),
             },
         }
@@ -66,29 +71,18 @@ impl Prepared {
 /// Decode an image file as RGB.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     let reader = image::ImageReader::open(path).map_err(|e| Error::io(path, e))?;
-    let reader = reader
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?;
+    let reader = reader.with_guessed_format().map_err(|e| Error::io(path, e))?;
     if reader.format().is_none() {
-        return Err(Error::image(
-            path,
-            "not a supported image format (PNG or JPEG)",
-        ));
+        return Err(Error::image(path, "not a supported image format (PNG or JPEG)"));
     }
-    let img = reader
-        .decode()
-        .map_err(|e| Error::image(path, format!("cannot decode image: {e}")))?;
+    let img = reader.decode().map_err(|e| Error::image(path, format!("cannot decode image: {e}")))?;
     Ok(img.to_rgb8())
 }
 
 /// Python's `round` (half to even), as torchvision's centre crop uses.
 fn round_half_even(x: f64) -> i64 {
     let r = x.round();
-    if (x - x.trunc()).abs() == 0.5 && (r as i64) % 2 != 0 {
-        (r - x.signum()) as i64
-    } else {
-        r as i64
-    }
+    if (x - x.trunc()).abs() == 0.5 && (r as i64) % 2 != 0 { (r - x.signum()) as i64 } else { r as i64 }
 }
 
 /// torchvision `CenterCrop`: offsets `round((size - crop) / 2)`.
@@ -99,17 +93,21 @@ fn center_crop(img: &RgbImage, width: u32, height: u32) -> RgbImage {
 }
 
 /// torchvision `Resize(n)`: shorter side to n, the longer `int(n * long / short)`.
-fn resize_shorter(img: &RgbImage, n: u32) -> RgbImage {
+fn resize_shorter(path: &Path, img: &RgbImage, n: u32) -> Result<RgbImage> {
     let (w, h) = img.dimensions();
-    let (nw, nh) = if w <= h {
-        (n, (n as u64 * h as u64 / w as u64) as u32)
-    } else {
-        ((n as u64 * w as u64 / h as u64) as u32, n)
-    };
-    if (nw, nh) == (w, h) {
-        return img.clone();
+    let (short, long) = (w.min(h) as u64, w.max(h) as u64);
+    let new_long = n as u64 * long / short;
+    if n as u64 * new_long > MAX_PIXELS {
+        return Err(Error::image(
+            path,
+            format!("{w}x{h} resized to shorter side {n} would exceed {MAX_PIXELS} pixels"),
+        ));
     }
-    imageops::resize(img, nw, nh, imageops::FilterType::CatmullRom)
+    let (nw, nh) = if w <= h { (n, new_long as u32) } else { (new_long as u32, n) };
+    if (nw, nh) == (w, h) {
+        return Ok(img.clone());
+    }
+    Ok(imageops::resize(img, nw, nh, imageops::FilterType::CatmullRom))
 }
 
 /// Size and normalise one decoded image for a model with `patch`-pixel patches.
@@ -117,27 +115,16 @@ pub fn prepare(path: &Path, img: RgbImage, resize: Resize, patch: usize) -> Resu
     let p = patch as u32;
     let (w0, h0) = img.dimensions();
     if w0 < p || h0 < p {
-        return Err(Error::image(
-            path,
-            format!("image is {w0}x{h0}, smaller than one {p}x{p} patch"),
-        ));
+        return Err(Error::image(path, format!("image is {w0}x{h0}, smaller than one {p}x{p} patch")));
     }
     let mut cropped_from = None;
     let rgb = match resize {
-        Resize::Eval => {
-            let resized = resize_shorter(&img, 256);
-            if resized.width() < 224 || resized.height() < 224 {
-                return Err(Error::image(path, "image too small for the 224 crop"));
-            }
-            center_crop(&resized, 224, 224)
-        }
+        Resize::Eval => center_crop(&resize_shorter(path, &img, 256)?, 224, 224),
         Resize::Shorter(n) => {
             if (n as u32) < p {
-                return Err(Error::Usage(format!(
-                    "--size {n} is smaller than one {p}-pixel patch"
-                )));
+                return Err(Error::Usage(format!("--size {n} is smaller than one {p}-pixel patch")));
             }
-            let resized = resize_shorter(&img, n as u32);
+            let resized = resize_shorter(path, &img, n as u32)?;
             let (w, h) = resized.dimensions();
             center_crop(&resized, w / p * p, h / p * p)
         }
@@ -150,11 +137,7 @@ pub fn prepare(path: &Path, img: RgbImage, resize: Resize, patch: usize) -> Resu
         }
     };
     let pixels = normalise(&rgb);
-    Ok(Prepared {
-        rgb,
-        pixels,
-        cropped_from,
-    })
+    Ok(Prepared { rgb, pixels, cropped_from })
 }
 
 /// Pixels / 255, then ImageNet mean/std, as CHW f32 (the same f32 operations as torchvision's

@@ -32,11 +32,7 @@ pub fn mutual_nearest_neighbours(a: &[f32], b: &[f32], d: usize, top_k: usize) -
     for i in 0..na {
         let ra = &a[i * d..(i + 1) * d];
         for j in 0..nb {
-            let s: f32 = ra
-                .iter()
-                .zip(&b[j * d..(j + 1) * d])
-                .map(|(x, y)| x * y)
-                .sum();
+            let s: f32 = ra.iter().zip(&b[j * d..(j + 1) * d]).map(|(x, y)| x * y).sum();
             if s > best_for_a[i].0 {
                 best_for_a[i] = (s, j);
             }
@@ -48,11 +44,7 @@ pub fn mutual_nearest_neighbours(a: &[f32], b: &[f32], d: usize, top_k: usize) -
     let mut matches: Vec<PatchMatch> = (0..na)
         .filter_map(|i| {
             let (s, j) = best_for_a[i];
-            (best_for_b[j].1 == i).then_some(PatchMatch {
-                a: i,
-                b: j,
-                similarity: s,
-            })
+            (best_for_b[j].1 == i).then_some(PatchMatch { a: i, b: j, similarity: s })
         })
         .collect();
     matches.sort_by(|x, y| y.similarity.total_cmp(&x.similarity).then(x.a.cmp(&y.a)));
@@ -77,10 +69,7 @@ pub fn draw_matches(
     imageops::replace(&mut canvas, b, (a.width() + gap) as i64, 0);
     let centre = |idx: usize, grid_w: usize, x0: i64| {
         let (y, x) = (idx / grid_w, idx % grid_w);
-        (
-            x0 + (x * patch + patch / 2) as i64,
-            (y * patch + patch / 2) as i64,
-        )
+        (x0 + (x * patch + patch / 2) as i64, (y * patch + patch / 2) as i64)
     };
     let thickness = (a.width().max(b.width()) as i64 / 224).max(1);
     for (rank, m) in matches.iter().enumerate() {

@@ -9,6 +9,9 @@ use image::{Rgb, RgbImage, imageops};
 /// largest variance first; each direction's sign makes its largest-magnitude entry positive.
 pub fn principal_components(x: &[f32], n: usize, d: usize, k: usize) -> (Vec<f64>, Vec<Vec<f64>>) {
     assert_eq!(x.len(), n * d, "rows x width");
+    if n == 0 {
+        return (vec![0.0; d], Vec::new());
+    }
     let mut mean = vec![0.0f64; d];
     for row in x.chunks_exact(d) {
         for (m, &v) in mean.iter_mut().zip(row) {
@@ -36,9 +39,7 @@ pub fn principal_components(x: &[f32], n: usize, d: usize, k: usize) -> (Vec<f64
     let mut components: Vec<Vec<f64>> = Vec::with_capacity(k);
     for _ in 0..k.min(d) {
         // deterministic start, not orthogonal to any particular direction
-        let mut v: Vec<f64> = (0..d)
-            .map(|i| 1.0 + ((i * 7919) % 13) as f64 / 13.0)
-            .collect();
+        let mut v: Vec<f64> = (0..d).map(|i| 1.0 + ((i * 7919) % 13) as f64 / 13.0).collect();
         let mut previous = f64::NAN;
         for _ in 0..1000 {
             for c in &components {
@@ -52,11 +53,7 @@ pub fn principal_components(x: &[f32], n: usize, d: usize, k: usize) -> (Vec<f64
             v.iter_mut().for_each(|a| *a /= norm);
             let mut next = vec![0.0f64; d];
             for (i, out) in next.iter_mut().enumerate() {
-                *out = cov[i * d..(i + 1) * d]
-                    .iter()
-                    .zip(&v)
-                    .map(|(a, b)| a * b)
-                    .sum();
+                *out = cov[i * d..(i + 1) * d].iter().zip(&v).map(|(a, b)| a * b).sum();
             }
             let eigen: f64 = next.iter().zip(&v).map(|(a, b)| a * b).sum();
             v = next;
@@ -69,17 +66,9 @@ pub fn principal_components(x: &[f32], n: usize, d: usize, k: usize) -> (Vec<f64
             let dot: f64 = v.iter().zip(c).map(|(a, b)| a * b).sum();
             v.iter_mut().zip(c).for_each(|(a, b)| *a -= dot * b);
         }
-        let norm = v
-            .iter()
-            .map(|a| a * a)
-            .sum::<f64>()
-            .sqrt()
-            .max(f64::MIN_POSITIVE);
+        let norm = v.iter().map(|a| a * a).sum::<f64>().sqrt().max(f64::MIN_POSITIVE);
         v.iter_mut().for_each(|a| *a /= norm);
-        let largest = v
-            .iter()
-            .copied()
-            .fold(0.0f64, |m, a| if a.abs() > m.abs() { a } else { m });
+        let largest = v.iter().copied().fold(0.0f64, |m, a| if a.abs() > m.abs() { a } else { m });
         if largest < 0.0 {
             v.iter_mut().for_each(|a| *a = -*a);
         }
@@ -94,13 +83,7 @@ pub fn project(x: &[f32], d: usize, mean: &[f64], components: &[Vec<f64>]) -> Ve
         .map(|row| {
             components
                 .iter()
-                .map(|c| {
-                    row.iter()
-                        .zip(mean)
-                        .zip(c)
-                        .map(|((&v, m), c)| (v as f64 - m) * c)
-                        .sum()
-                })
+                .map(|c| row.iter().zip(mean).zip(c).map(|((&v, m), c)| (v as f64 - m) * c).sum())
                 .collect()
         })
         .collect()
@@ -123,10 +106,7 @@ pub fn pca_maps(patches: &[&[f32]], h: usize, w: usize, d: usize, mask: bool) ->
     let n = all.len() / d;
     let foreground: Vec<bool> = if mask {
         let (mean, first) = principal_components(&all, n, d, 1);
-        let score: Vec<f64> = project(&all, d, &mean, &first)
-            .into_iter()
-            .map(|p| p[0])
-            .collect();
+        let score: Vec<f64> = project(&all, d, &mean, &first).into_iter().map(|p| p[0]).collect();
         let border = |idx: usize| {
             let cell = idx % (h * w);
             let (y, x) = (cell / w, cell % w);
@@ -135,13 +115,12 @@ pub fn pca_maps(patches: &[&[f32]], h: usize, w: usize, d: usize, mask: bool) ->
         let positive_on_border = (0..n).filter(|&i| border(i) && score[i] > 0.0).count();
         let border_count = (0..n).filter(|&i| border(i)).count();
         let foreground_positive = positive_on_border * 2 <= border_count;
-        score
-            .iter()
-            .map(|&s| (s > 0.0) == foreground_positive)
-            .collect()
+        score.iter().map(|&s| (s > 0.0) == foreground_positive).collect()
     } else {
         vec![true; n]
     };
+    // A mask that keeps nothing (one patch, or a constant first component) keeps everything.
+    let foreground = if foreground.iter().any(|&f| f) { foreground } else { vec![true; n] };
     let fg_rows: Vec<f32> = all
         .chunks_exact(d)
         .zip(&foreground)
@@ -149,7 +128,7 @@ pub fn pca_maps(patches: &[&[f32]], h: usize, w: usize, d: usize, mask: bool) ->
         .flat_map(|(r, _)| r.iter().copied())
         .collect();
     let fg_n = fg_rows.len() / d;
-    let (mean, comps) = principal_components(&fg_rows, fg_n.max(1), d, 3);
+    let (mean, comps) = principal_components(&fg_rows, fg_n, d, 3);
     let proj = project(&all, d, &mean, &comps);
     let mut lo = [f64::INFINITY; 3];
     let mut hi = [f64::NEG_INFINITY; 3];
@@ -170,8 +149,7 @@ pub fn pca_maps(patches: &[&[f32]], h: usize, w: usize, d: usize, mask: bool) ->
             if foreground[idx] {
                 for c in 0..proj[idx].len() {
                     let range = (hi[c] - lo[c]).max(1e-12);
-                    px[c] =
-                        (((proj[idx][c] - lo[c]) / range).clamp(0.0, 1.0) * 255.0).round() as u8;
+                    px[c] = (((proj[idx][c] - lo[c]) / range).clamp(0.0, 1.0) * 255.0).round() as u8;
                 }
             }
             map.put_pixel((cell % w) as u32, (cell / w) as u32, Rgb(px));
@@ -180,30 +158,18 @@ pub fn pca_maps(patches: &[&[f32]], h: usize, w: usize, d: usize, mask: bool) ->
         maps.push(map);
         masks.push(fg);
     }
-    PcaMaps {
-        maps,
-        foreground: masks,
-    }
+    PcaMaps { maps, foreground: masks }
 }
 
 /// Rows of `[image | PCA map]`, the map upsampled (nearest: one block per patch) to the image.
 pub fn side_by_side(images: &[RgbImage], maps: &[RgbImage]) -> RgbImage {
     let gap = 4u32;
-    let width = images
-        .iter()
-        .map(|i| 2 * i.width() + gap)
-        .max()
-        .unwrap_or(1);
+    let width = images.iter().map(|i| 2 * i.width() + gap).max().unwrap_or(1);
     let height = images.iter().map(|i| i.height() + gap).sum::<u32>().max(1);
     let mut canvas = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
     let mut y = 0;
     for (img, map) in images.iter().zip(maps) {
-        let up = imageops::resize(
-            map,
-            img.width(),
-            img.height(),
-            imageops::FilterType::Nearest,
-        );
+        let up = imageops::resize(map, img.width(), img.height(), imageops::FilterType::Nearest);
         imageops::replace(&mut canvas, img, 0, y as i64);
         imageops::replace(&mut canvas, &up, (img.width() + gap) as i64, y as i64);
         y += img.height() + gap;
@@ -225,22 +191,15 @@ mod tests {
         let mut dirs = vec![vec![0.0f64; d]; 3];
         for (k, dir) in dirs.iter_mut().enumerate() {
             for (i, v) in dir.iter_mut().enumerate() {
-                *v = if i / 4 == k {
-                    if i % 2 == 0 { 0.5 } else { -0.5 }
-                } else {
-                    0.0
-                };
+                *v = if i / 4 == k { if i % 2 == 0 { 0.5 } else { -0.5 } } else { 0.0 };
             }
         }
         let stds = [5.0, 3.0, 1.5];
         let mut x = Vec::with_capacity(n * d);
         for t in 0..n {
             let phase = 2.0 * std::f64::consts::PI * t as f64 / n as f64;
-            let coeffs = [
-                stds[0] * (phase).cos(),
-                stds[1] * (2.0 * phase).cos(),
-                stds[2] * (3.0 * phase).sin(),
-            ];
+            let coeffs =
+                [stds[0] * (phase).cos(), stds[1] * (2.0 * phase).cos(), stds[2] * (3.0 * phase).sin()];
             for i in 0..d {
                 let v: f64 = (0..3).map(|k| coeffs[k] * dirs[k][i]).sum::<f64>() + 2.0;
                 x.push(v as f32);
@@ -252,5 +211,38 @@ mod tests {
             let cos: f64 = comps[k].iter().zip(&dirs[k]).map(|(a, b)| a * b).sum();
             assert!(cos.abs() > 0.99999, "component {k}: |cos| = {}", cos.abs());
         }
+    }
+
+    /// Foreground-mask split: a centre block of patches with one kind of feature on a border of
+    /// another. The first component separates them; the side touching the border is background.
+    #[test]
+    fn foreground_mask_keeps_the_centre() {
+        let (h, w, d) = (6, 8, 5);
+        let mut feats = Vec::new();
+        for y in 0..h {
+            for x in 0..w {
+                let centre = (2..4).contains(&y) && (2..6).contains(&x);
+                let jitter = ((y * w + x) % 3) as f32 * 0.01;
+                let row = if centre { [3.0, 0.0, 1.0, jitter, 0.0] } else { [0.0, 2.0, 1.0, 0.0, jitter] };
+                feats.extend_from_slice(&row[..d]);
+            }
+        }
+        let maps = pca_maps(&[&feats], h, w, d, true);
+        for y in 0..h {
+            for x in 0..w {
+                let centre = (2..4).contains(&y) && (2..6).contains(&x);
+                assert_eq!(maps.foreground[0][y * w + x], centre, "patch ({y}, {x})");
+                if !centre {
+                    assert_eq!(
+                        maps.maps[0].get_pixel(x as u32, y as u32).0,
+                        [0, 0, 0],
+                        "background ({y}, {x})"
+                    );
+                }
+            }
+        }
+        // one patch: nothing to split, no panic, everything kept
+        let one = pca_maps(&[&feats[..d]], 1, 1, d, true);
+        assert_eq!(one.foreground, vec![vec![true]]);
     }
 }

@@ -30,8 +30,7 @@ pub fn attention_reference(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4
     let scale = (d as f64).powf(-0.5);
     let keys = k.swap_dims(2, 3);
     let rows_per_chunk = (MAX_SCORE_ELEMENTS / (b * h * n).max(1)).max(1);
-    let attend =
-        |q: Tensor<4>| softmax(q.mul_scalar(scale).matmul(keys.clone()), 3).matmul(v.clone());
+    let attend = |q: Tensor<4>| softmax(q.mul_scalar(scale).matmul(keys.clone()), 3).matmul(v.clone());
     if rows_per_chunk >= n {
         return attend(q);
     }
@@ -62,16 +61,8 @@ impl Attention {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, n, d] = x.dims();
         let heads = self.num_heads;
-        let qkv = self
-            .qkv
-            .forward(x)
-            .reshape([b, n, 3, heads, d / heads])
-            .permute([2, 0, 3, 1, 4]);
-        let part = |i: usize| {
-            qkv.clone()
-                .narrow(0, i, 1)
-                .reshape([b, heads, n, d / heads])
-        };
+        let qkv = self.qkv.forward(x).reshape([b, n, 3, heads, d / heads]).permute([2, 0, 3, 1, 4]);
+        let part = |i: usize| qkv.clone().narrow(0, i, 1).reshape([b, heads, n, d / heads]);
         let out = attention_reference(part(0), part(1), part(2));
         self.proj.forward(out.swap_dims(1, 2).reshape([b, n, d]))
     }

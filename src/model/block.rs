@@ -28,11 +28,7 @@ pub struct Block {
 
 impl Block {
     pub fn new(c: &VitConfig, device: &Device) -> Self {
-        let norm = || {
-            LayerNormConfig::new(c.embed_dim)
-                .with_epsilon(c.layer_norm_eps)
-                .init(device)
-        };
+        let norm = || LayerNormConfig::new(c.embed_dim).with_epsilon(c.layer_norm_eps).init(device);
         let gamma = || Param::from_tensor(Tensor::full([c.embed_dim], c.layerscale_init, device));
         Self {
             norm1: norm(),

@@ -25,11 +25,7 @@ pub struct FeedForward {
 /// truncates at ±2, i.e. never at this std; zero bias).
 pub fn linear_init(d_in: usize, d_out: usize, device: &Device) -> Linear {
     Linear {
-        weight: Param::from_tensor(Tensor::random(
-            [d_in, d_out],
-            Distribution::Normal(0.0, 0.02),
-            device,
-        )),
+        weight: Param::from_tensor(Tensor::random([d_in, d_out], Distribution::Normal(0.0, 0.02), device)),
         bias: Some(Param::from_tensor(Tensor::zeros([d_out], device))),
     }
 }
@@ -38,20 +34,12 @@ impl FeedForward {
     pub fn new(dim: usize, hidden: usize, kind: FfnKind, device: &Device) -> Self {
         let swiglu = kind == FfnKind::Swiglu;
         let width = if swiglu { 2 * hidden } else { hidden };
-        Self {
-            fc1: linear_init(dim, width, device),
-            fc2: linear_init(hidden, dim, device),
-            swiglu,
-        }
+        Self { fc1: linear_init(dim, width, device), fc2: linear_init(hidden, dim, device), swiglu }
     }
 
     pub fn from_weights(w: &BackboneWeights, prefix: &str, device: &Device) -> Result<Self> {
         let swiglu = w.config.ffn == FfnKind::Swiglu;
-        let (a, b) = if swiglu {
-            ("w12", "w3")
-        } else {
-            ("fc1", "fc2")
-        };
+        let (a, b) = if swiglu { ("w12", "w3") } else { ("fc1", "fc2") };
         Ok(Self {
             fc1: crate::model::load_linear(w, &format!("{prefix}.{a}"), device)?,
             fc2: crate::model::load_linear(w, &format!("{prefix}.{b}"), device)?,

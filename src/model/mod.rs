@@ -18,11 +18,7 @@ use crate::checkpoint::BackboneWeights;
 use crate::error::Result;
 
 /// A parameter from host data.
-pub(crate) fn param<const D: usize>(
-    data: Vec<f32>,
-    shape: [usize; D],
-    device: &Device,
-) -> Param<Tensor<D>> {
+pub(crate) fn param<const D: usize>(data: Vec<f32>, shape: [usize; D], device: &Device) -> Param<Tensor<D>> {
     Param::from_tensor(Tensor::from_data(TensorData::new(data, shape), device))
 }
 
@@ -66,9 +62,7 @@ pub(crate) fn load_layer_norm(
     device: &Device,
 ) -> Result<LayerNorm> {
     let weight = load::<1>(w, &format!("{prefix}.weight"), device)?;
-    let mut norm = LayerNormConfig::new(weight.dims()[0])
-        .with_epsilon(eps)
-        .init(device);
+    let mut norm = LayerNormConfig::new(weight.dims()[0]).with_epsilon(eps).init(device);
     norm.gamma = weight;
     norm.beta = Some(load::<1>(w, &format!("{prefix}.bias"), device)?);
     Ok(norm)

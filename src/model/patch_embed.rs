@@ -26,11 +26,7 @@ impl PatchEmbed {
         let bound = 1.0 / ((3 * patch_size * patch_size) as f64).sqrt();
         let dist = Distribution::Uniform(-bound, bound);
         Self {
-            weight: Param::from_tensor(Tensor::random(
-                [embed_dim, 3, patch_size, patch_size],
-                dist,
-                device,
-            )),
+            weight: Param::from_tensor(Tensor::random([embed_dim, 3, patch_size, patch_size], dist, device)),
             bias: Param::from_tensor(Tensor::random([embed_dim], dist, device)),
             patch_size,
         }
@@ -48,10 +44,8 @@ impl PatchEmbed {
         let [b, c, height, width] = images.dims();
         let p = self.patch_size;
         let (h, w) = (height / p, width / p);
-        let patches = images
-            .reshape([b, c, h, p, w, p])
-            .permute([0, 2, 4, 1, 3, 5])
-            .reshape([b, h * w, c * p * p]);
+        let patches =
+            images.reshape([b, c, h, p, w, p]).permute([0, 2, 4, 1, 3, 5]).reshape([b, h * w, c * p * p]);
         let weight = self.weight.val();
         let d = weight.dims()[0];
         let weight = weight.reshape([d, c * p * p]).transpose();

@@ -32,12 +32,7 @@ fn cubic(x: f64, a: f64) -> f64 {
 ///
 /// `scale_factor`: the factor the caller passed to `interpolate` (the kernel then samples with
 /// `1 / scale_factor`); `None` when an output size was passed (samples with `input / output`).
-pub fn resample_weights(
-    input: usize,
-    output: usize,
-    scale_factor: Option<f64>,
-    antialias: bool,
-) -> Vec<f64> {
+pub fn resample_weights(input: usize, output: usize, scale_factor: Option<f64>, antialias: bool) -> Vec<f64> {
     // area_pixel_compute_scale
     let scale = match scale_factor {
         Some(s) if s > 0.0 => 1.0 / s,
@@ -69,12 +64,8 @@ pub fn resample_weights(
             let real = scale * (i as f64 + 0.5) - 0.5;
             let index = (real.floor() as i64).min(input as i64 - 1);
             let t = (real - index as f64).clamp(0.0, 1.0);
-            let coeffs = [
-                cubic(t + 1.0, -0.75),
-                cubic(t, -0.75),
-                cubic(1.0 - t, -0.75),
-                cubic(2.0 - t, -0.75),
-            ];
+            let coeffs =
+                [cubic(t + 1.0, -0.75), cubic(t, -0.75), cubic(1.0 - t, -0.75), cubic(2.0 - t, -0.75)];
             for (k, c) in coeffs.iter().enumerate() {
                 let j = (index - 1 + k as i64).clamp(0, input as i64 - 1) as usize;
                 row[j] += c;
@@ -85,25 +76,16 @@ pub fn resample_weights(
 }
 
 /// The `[h, M]` and `[w, M]` resampling matrices that take an `M x M` grid to `h x w`.
-pub fn grid_weights(
-    grid: usize,
-    h: usize,
-    w: usize,
-    mode: PosInterpolation,
-) -> (Vec<f64>, Vec<f64>) {
+pub fn grid_weights(grid: usize, h: usize, w: usize, mode: PosInterpolation) -> (Vec<f64>, Vec<f64>) {
     match mode {
         PosInterpolation::ScaleFactor { offset } => {
             let sh = (h as f64 + offset) / grid as f64;
             let sw = (w as f64 + offset) / grid as f64;
-            (
-                resample_weights(grid, h, Some(sh), false),
-                resample_weights(grid, w, Some(sw), false),
-            )
+            (resample_weights(grid, h, Some(sh), false), resample_weights(grid, w, Some(sw), false))
         }
-        PosInterpolation::Size { antialias } => (
-            resample_weights(grid, h, None, antialias),
-            resample_weights(grid, w, None, antialias),
-        ),
+        PosInterpolation::Size { antialias } => {
+            (resample_weights(grid, h, None, antialias), resample_weights(grid, w, None, antialias))
+        }
     }
 }
 
@@ -123,42 +105,6 @@ pub fn interpolate_grid(grid: Tensor<3>, h: usize, w: usize, mode: PosInterpolat
     let rows = wh.matmul(grid.reshape([m, m * d])).reshape([h, m, d]);
     // columns, batched over the h rows: [1, w, M] @ [h, M, D] -> [h, w, D]
     ww.unsqueeze::<3>().matmul(rows)
-}
-
-/// Resample on the host (f64), `grid` row-major `[M, M, C]` -> `[h, w, C]`. The reference the
-/// device path is tested against, and what tests compare with PyTorch.
-pub fn interpolate_host(
-    grid: &[f32],
-    m: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    mode: PosInterpolation,
-) -> Vec<f32> {
-    let (wh, ww) = grid_weights(m, h, w, mode);
-    let mut out = vec![0.0f64; h * w * c];
-    for i in 0..h {
-        for j in 0..w {
-            let o = &mut out[(i * w + j) * c..(i * w + j + 1) * c];
-            for y in 0..m {
-                let a = wh[i * m + y];
-                if a == 0.0 {
-                    continue;
-                }
-                for x in 0..m {
-                    let b = ww[j * m + x];
-                    if b == 0.0 {
-                        continue;
-                    }
-                    let g = &grid[(y * m + x) * c..(y * m + x + 1) * c];
-                    for (o, &g) in o.iter_mut().zip(g) {
-                        *o += a * b * g as f64;
-                    }
-                }
-            }
-        }
-    }
-    out.into_iter().map(|x| x as f32).collect()
 }
 
 #[cfg(test)]
@@ -185,18 +131,12 @@ mod tests {
     #[test]
     fn rows_sum_to_one() {
         for (input, output) in [(37, 16), (4, 9), (16, 16), (37, 52)] {
-            for (sf, aa) in [
-                (None, false),
-                (None, true),
-                (Some((output as f64 + 0.1) / input as f64), false),
-            ] {
+            for (sf, aa) in [(None, false), (None, true), (Some((output as f64 + 0.1) / input as f64), false)]
+            {
                 let w = resample_weights(input, output, sf, aa);
                 for i in 0..output {
                     let s: f64 = w[i * input..(i + 1) * input].iter().sum();
-                    assert!(
-                        (s - 1.0).abs() < 1e-9,
-                        "{input}->{output} {sf:?} {aa}: row {i} sums to {s}"
-                    );
+                    assert!((s - 1.0).abs() < 1e-9, "{input}->{output} {sf:?} {aa}: row {i} sums to {s}");
                 }
             }
         }

@@ -53,11 +53,7 @@ impl DinoVisionTransformer {
     pub fn new(config: &VitConfig, device: &Device) -> Self {
         let d = config.embed_dim;
         let normal = |shape: [usize; 3], std: f64| {
-            Param::from_tensor(Tensor::random(
-                shape,
-                Distribution::Normal(0.0, std),
-                device,
-            ))
+            Param::from_tensor(Tensor::random(shape, Distribution::Normal(0.0, std), device))
         };
         Self {
             patch_embed: PatchEmbed::new(d, config.patch_size, device),
@@ -66,12 +62,8 @@ impl DinoVisionTransformer {
             register_tokens: (config.num_register_tokens > 0)
                 .then(|| normal([1, config.num_register_tokens, d], 1e-6)),
             mask_token: Param::from_tensor(Tensor::zeros([1, d], device)),
-            blocks: (0..config.depth)
-                .map(|_| Block::new(config, device))
-                .collect(),
-            norm: LayerNormConfig::new(d)
-                .with_epsilon(config.layer_norm_eps)
-                .init(device),
+            blocks: (0..config.depth).map(|_| Block::new(config, device)).collect(),
+            norm: LayerNormConfig::new(d).with_epsilon(config.layer_norm_eps).init(device),
             config: config.clone(),
         }
     }
@@ -94,9 +86,7 @@ impl DinoVisionTransformer {
                 None
             },
             mask_token,
-            blocks: (0..c.depth)
-                .map(|i| Block::from_weights(w, i, device))
-                .collect::<Result<_>>()?,
+            blocks: (0..c.depth).map(|i| Block::from_weights(w, i, device)).collect::<Result<_>>()?,
             norm: crate::model::load_layer_norm(w, "norm", c.layer_norm_eps, device)?,
             config: c.clone(),
         })
@@ -106,9 +96,7 @@ impl DinoVisionTransformer {
     pub fn check_input(&self, height: usize, width: usize) -> Result<()> {
         let p = self.config.patch_size;
         if height < p || width < p {
-            return Err(Error::Shape(format!(
-                "input {height}x{width} is smaller than one {p}x{p} patch"
-            )));
+            return Err(Error::Shape(format!("input {height}x{width} is smaller than one {p}x{p} patch")));
         }
         if height % p != 0 || width % p != 0 {
             return Err(Error::Shape(format!(
@@ -129,8 +117,7 @@ impl DinoVisionTransformer {
         let d = self.config.embed_dim;
         let cls_pos = pos.clone().narrow(1, 0, 1);
         let grid = pos.narrow(1, 1, m * m).reshape([m, m, d]);
-        let patch_pos =
-            interpolate_grid(grid, h, w, self.config.interpolation).reshape([1, h * w, d]);
+        let patch_pos = interpolate_grid(grid, h, w, self.config.interpolation).reshape([1, h * w, d]);
         Tensor::cat(vec![cls_pos, patch_pos], 1)
     }
 

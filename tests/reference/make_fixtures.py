@@ -4,7 +4,7 @@
 Run by hand, never by CI:
 
     git clone https://github.com/facebookresearch/dinov2 /tmp/dinov2-src   # the official code
-    pip install torch transformers safetensors pillow scikit-image
+    pip install torch torchvision transformers safetensors pillow scikit-image
     python tests/reference/make_fixtures.py --dinov2-src /tmp/dinov2-src
 
 For each variant (plain MLP, SwiGLU, 4 registers) it builds a small random-weight model with the
@@ -201,6 +201,28 @@ def interpolation_fixture(out, gen):
     save_file(tensors, os.path.join(out, "interp.safetensors"))
 
 
+EVAL_IMAGES = ["coffee.jpg", "astronaut.jpg"]  # landscape and square, from assets/images
+
+
+def eval_transform_fixture(out, dinov2_src):
+    """The official evaluation transform (`make_classification_eval_transform`: torchvision
+    Resize(256, bicubic) on PIL, CenterCrop(224), then ToTensor and Normalize) of sample images:
+    `eval_transform.safetensors`, per file name the uint8 [224, 224, 3] image after the resize
+    and crop (the normalisation is covered by the parity fixtures)."""
+    import torchvision.transforms as T
+
+    sys.path.insert(0, dinov2_src)
+    from dinov2.data.transforms import make_classification_eval_transform
+
+    resize_crop = T.Compose(make_classification_eval_transform().transforms[:2])
+    assets = os.path.join(os.path.dirname(__file__), "..", "..", "assets", "images")
+    tensors = {}
+    for name in EVAL_IMAGES:
+        img = resize_crop(Image.open(os.path.join(assets, name)).convert("RGB"))
+        tensors[name] = torch.from_numpy(np.asarray(img).copy())
+    save_file(tensors, os.path.join(out, "eval_transform.safetensors"))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dinov2-src", required=True, help="checkout of facebookresearch/dinov2")
@@ -214,6 +236,7 @@ def main():
     sets = make_images(out)
     gen = torch.Generator().manual_seed(1234)
     interpolation_fixture(out, gen)
+    eval_transform_fixture(out, args.dinov2_src)
     manifest = {"image_sets": {k: list(v) for k, v in IMAGE_SETS.items()}, "variants": {}}
     for name, (dim, heads, depth, ratio, swiglu, registers) in VARIANTS.items():
         model = official_model(args.dinov2_src, dim, heads, depth, ratio, swiglu, registers)

@@ -24,15 +24,9 @@ pub fn ndarray_device() -> Device {
 pub fn read_tensor(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let view = st
-        .tensor(name)
-        .unwrap_or_else(|e| panic!("{}: {name}: {e}", path.display()));
+    let view = st.tensor(name).unwrap_or_else(|e| panic!("{}: {name}: {e}", path.display()));
     assert_eq!(view.dtype(), safetensors::Dtype::F32);
-    let data = view
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     (view.shape().to_vec(), data)
 }
 
@@ -47,10 +41,7 @@ pub fn tensor_names(path: &Path) -> Vec<String> {
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "lengths differ");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 /// Assert `actual` matches `expected` within `tol` (max abs), printing the error either way.
@@ -59,4 +50,35 @@ pub fn assert_close(what: &str, actual: &[f32], expected: &[f32], tol: f32) {
     let scale = expected.iter().map(|x| x.abs()).fold(0.0, f32::max);
     eprintln!("{what}: max abs error {err:.3e} (values up to {scale:.2})");
     assert!(err <= tol, "{what}: max abs error {err:.3e} > {tol:.0e}");
+}
+
+/// A fresh, empty scratch folder for one test, removed when the guard drops.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("dinov2-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Read one u8 tensor from a safetensors file.
+pub fn read_u8(path: &Path, name: &str) -> (Vec<usize>, Vec<u8>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let view = st.tensor(name).unwrap_or_else(|e| panic!("{}: {name}: {e}", path.display()));
+    assert_eq!(view.dtype(), safetensors::Dtype::U8);
+    (view.shape().to_vec(), view.data().to_vec())
 }

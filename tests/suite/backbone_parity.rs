@@ -3,12 +3,10 @@
 //! MLP, SwiGLU, 4 registers) in both checkpoint formats, at the checkpoint's own grid and at
 //! an interpolated non-square size. Tolerance: 1e-4 on ndarray, 1e-3 on wgpu (lavapipe).
 
-mod common;
-
 use std::path::PathBuf;
 
 use burn::tensor::Device;
-use common::*;
+use crate::common::*;
 use dinov2_wgpu::checkpoint::{CheckpointKind, LoadOptions, read_backbone};
 use dinov2_wgpu::config::PosInterpolation;
 use dinov2_wgpu::data::preprocess::Resize;
@@ -18,13 +16,12 @@ use dinov2_wgpu::model::DinoVisionTransformer;
 const SETS: [&str; 2] = ["native", "wide"];
 
 fn images(set: &str) -> Vec<PathBuf> {
-    (0..2)
-        .map(|i| fixtures().join(format!("images/{set}-{i}.png")))
-        .collect()
+    (0..2).map(|i| fixtures().join(format!("images/{set}-{i}.png"))).collect()
 }
 
 /// Load `variant` in `format` ("official" .pth or "hf" folder), run both image sets, compare
-/// with the reference outputs `expected` ("official" or "hf").
+/// with the reference outputs `expected` ("official" or "hf") within `tol`; returns the largest
+/// error seen.
 fn check(
     variant: &str,
     format: &str,
@@ -32,7 +29,7 @@ fn check(
     options: LoadOptions,
     device: &Device,
     tol: f32,
-) {
+) -> f32 {
     let path = match format {
         "official" => fixtures().join(format!("{variant}.pth")),
         _ => fixtures().join(format!("{variant}-hf")),
@@ -41,82 +38,45 @@ fn check(
     let registers = weights.config.num_register_tokens;
     let model = DinoVisionTransformer::from_weights(&weights, device).unwrap();
     let reference = fixtures().join(format!("{variant}-{expected}.safetensors"));
+    let mut worst = 0.0f32;
     for set in SETS {
-        let options = EmbedOptions {
-            resize: Resize::Native,
-            batch_size: 2,
-        };
+        let options = EmbedOptions { resize: Resize::Native, batch_size: 2 };
         let f = embed_files(&model, &images(set), options, device, |_, _| {}, |_| {}).unwrap();
-        let (shape, cls) = read_tensor(&reference, &format!("{set}.cls"));
-        assert_eq!(shape, vec![f.n, f.d]);
-        assert_close(&format!("{variant} {format} {set} cls"), &f.cls, &cls, tol);
-        let (shape, patch) = read_tensor(&reference, &format!("{set}.patch"));
-        assert_eq!(shape, vec![f.n, f.h, f.w, f.d]);
-        assert_close(
-            &format!("{variant} {format} {set} patch"),
-            &f.patch,
-            &patch,
-            tol,
-        );
+        let mut outputs =
+            vec![("cls", vec![f.n, f.d], &f.cls), ("patch", vec![f.n, f.h, f.w, f.d], &f.patch)];
         if registers > 0 {
-            let (shape, reg) = read_tensor(&reference, &format!("{set}.reg"));
-            assert_eq!(shape, vec![f.n, registers, f.d]);
-            assert_close(&format!("{variant} {format} {set} reg"), &f.reg, &reg, tol);
+            outputs.push(("reg", vec![f.n, registers, f.d], &f.reg));
         } else {
             assert!(f.reg.is_empty());
         }
+        for (name, shape, actual) in outputs {
+            let (want_shape, want) = read_tensor(&reference, &format!("{set}.{name}"));
+            assert_eq!(shape, want_shape, "{set}.{name}");
+            worst = worst.max(max_abs_diff(actual, &want));
+            assert_close(&format!("{variant} {format} {set} {name}"), actual, &want, tol);
+        }
     }
+    worst
 }
 
 macro_rules! parity {
     ($name:ident, $variant:literal, $format:literal, $device:ident, $tol:expr) => {
         #[test]
         fn $name() {
-            check(
-                $variant,
-                $format,
-                $format,
-                LoadOptions::default(),
-                &$device(),
-                $tol,
-            );
+            check($variant, $format, $format, LoadOptions::default(), &$device(), $tol);
         }
     };
 }
 
-parity!(
-    ndarray_plain_official,
-    "plain",
-    "official",
-    ndarray_device,
-    1e-4
-);
+parity!(ndarray_plain_official, "plain", "official", ndarray_device, 1e-4);
 parity!(ndarray_plain_hf, "plain", "hf", ndarray_device, 1e-4);
-parity!(
-    ndarray_swiglu_official,
-    "swiglu",
-    "official",
-    ndarray_device,
-    1e-4
-);
+parity!(ndarray_swiglu_official, "swiglu", "official", ndarray_device, 1e-4);
 parity!(ndarray_swiglu_hf, "swiglu", "hf", ndarray_device, 1e-4);
-parity!(
-    ndarray_reg4_official,
-    "reg4",
-    "official",
-    ndarray_device,
-    1e-4
-);
+parity!(ndarray_reg4_official, "reg4", "official", ndarray_device, 1e-4);
 parity!(ndarray_reg4_hf, "reg4", "hf", ndarray_device, 1e-4);
 parity!(wgpu_plain_official, "plain", "official", wgpu_device, 1e-3);
 parity!(wgpu_plain_hf, "plain", "hf", wgpu_device, 1e-3);
-parity!(
-    wgpu_swiglu_official,
-    "swiglu",
-    "official",
-    wgpu_device,
-    1e-3
-);
+parity!(wgpu_swiglu_official, "swiglu", "official", wgpu_device, 1e-3);
 parity!(wgpu_swiglu_hf, "swiglu", "hf", wgpu_device, 1e-3);
 parity!(wgpu_reg4_official, "reg4", "official", wgpu_device, 1e-3);
 parity!(wgpu_reg4_hf, "reg4", "hf", wgpu_device, 1e-3);
@@ -128,22 +88,10 @@ fn interpolation_is_chosen_from_the_checkpoint_kind() {
         (w.kind, w.config.interpolation)
     };
     use CheckpointKind::*;
-    assert_eq!(
-        kind_and_interp(fixtures().join("plain.pth")),
-        (Official, PosInterpolation::OFFICIAL)
-    );
-    assert_eq!(
-        kind_and_interp(fixtures().join("reg4.pth")),
-        (Official, PosInterpolation::ANTIALIAS)
-    );
-    assert_eq!(
-        kind_and_interp(fixtures().join("plain-hf")),
-        (HuggingFace, PosInterpolation::SIZE)
-    );
-    assert_eq!(
-        kind_and_interp(fixtures().join("reg4-hf")),
-        (HuggingFace, PosInterpolation::ANTIALIAS)
-    );
+    assert_eq!(kind_and_interp(fixtures().join("plain.pth")), (Official, PosInterpolation::OFFICIAL));
+    assert_eq!(kind_and_interp(fixtures().join("reg4.pth")), (Official, PosInterpolation::ANTIALIAS));
+    assert_eq!(kind_and_interp(fixtures().join("plain-hf")), (HuggingFace, PosInterpolation::SIZE));
+    assert_eq!(kind_and_interp(fixtures().join("reg4-hf")), (HuggingFace, PosInterpolation::ANTIALIAS));
 }
 
 /// The override takes effect: the official checkpoint with HuggingFace's interpolation gives
@@ -151,23 +99,9 @@ fn interpolation_is_chosen_from_the_checkpoint_kind() {
 #[test]
 fn interpolation_override_changes_the_result() {
     let device = ndarray_device();
-    let options = LoadOptions {
-        interpolation: Some(PosInterpolation::SIZE),
-        ..Default::default()
-    };
+    let options = LoadOptions { interpolation: Some(PosInterpolation::SIZE), ..Default::default() };
     check("plain", "official", "hf", options.clone(), &device, 1e-4);
-    let failed = std::panic::catch_unwind(|| {
-        check(
-            "plain",
-            "official",
-            "official",
-            options,
-            &ndarray_device(),
-            1e-4,
-        )
-    });
-    assert!(
-        failed.is_err(),
-        "the official numbers must not be reproduced with size-based interpolation"
-    );
+    // against the official numbers, with no tolerance limit: how far off is it?
+    let off = check("plain", "official", "official", options, &device, f32::INFINITY);
+    assert!(off > 1e-2, "size-based interpolation reproduced the official numbers (max error {off})");
 }

@@ -2,25 +2,13 @@
 //! both backends; bad input gives one line on stderr, a non-zero exit, no panic and no
 //! output file; `pca` and `match` draw non-blank pictures.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::*;
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("dinov2-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use crate::common::*;
 
 fn dinov2(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dinov2"))
-        .args(args)
-        .output()
-        .expect("run dinov2")
+    Command::new(env!("CARGO_BIN_EXE_dinov2")).args(args).output().expect("run dinov2")
 }
 
 fn s(p: &Path) -> &str {
@@ -28,10 +16,9 @@ fn s(p: &Path) -> &str {
 }
 
 fn embed_matches_reference(backend: &str, variant: &str, weights: &str, expected: &str, tol: f32) {
-    let out = scratch(&format!("embed-{backend}-{variant}")).join("feats.safetensors");
-    let images: Vec<PathBuf> = (0..2)
-        .map(|i| fixtures().join(format!("images/wide-{i}.png")))
-        .collect();
+    let dir = Scratch::new(&format!("embed-{backend}-{variant}"));
+    let out = dir.join("feats.safetensors");
+    let images: Vec<PathBuf> = (0..2).map(|i| fixtures().join(format!("images/wide-{i}.png"))).collect();
     let weights = fixtures().join(weights);
     let mut args = vec![
         "embed",
@@ -46,11 +33,7 @@ fn embed_matches_reference(backend: &str, variant: &str, weights: &str, expected
     ];
     args.extend(images.iter().map(|p| s(p)));
     let run = dinov2(&args);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let reference = fixtures().join(expected);
     let mut names = vec!["cls", "patch"];
     if variant == "reg4" {
@@ -63,24 +46,13 @@ fn embed_matches_reference(backend: &str, variant: &str, weights: &str, expected
         let (shape, actual) = read_tensor(&out, name);
         let (want_shape, want) = read_tensor(&reference, &format!("wide.{name}"));
         assert_eq!(shape, want_shape, "{name}");
-        assert_close(
-            &format!("cli {backend} {variant} {name}"),
-            &actual,
-            &want,
-            tol,
-        );
+        assert_close(&format!("cli {backend} {variant} {name}"), &actual, &want, tol);
     }
 }
 
 #[test]
 fn embed_native_ndarray_official() {
-    embed_matches_reference(
-        "ndarray",
-        "plain",
-        "plain.pth",
-        "plain-official.safetensors",
-        1e-4,
-    );
+    embed_matches_reference("ndarray", "plain", "plain.pth", "plain-official.safetensors", 1e-4);
 }
 
 #[test]
@@ -90,13 +62,7 @@ fn embed_native_ndarray_hf_registers() {
 
 #[test]
 fn embed_native_wgpu_official() {
-    embed_matches_reference(
-        "wgpu",
-        "plain",
-        "plain.pth",
-        "plain-official.safetensors",
-        1e-3,
-    );
+    embed_matches_reference("wgpu", "plain", "plain.pth", "plain-official.safetensors", 1e-3);
 }
 
 #[test]
@@ -106,46 +72,21 @@ fn embed_native_wgpu_hf_registers() {
 
 /// Runs `embed` expecting failure: one line on stderr mentioning `needle`, no panic, no output.
 fn expect_failure(name: &str, extra: &[&str], images: &[&Path], needle: &str) {
-    let out = scratch(name).join("feats.safetensors");
-    let mut args = vec![
-        "embed",
-        "--backend",
-        "ndarray",
-        "--size",
-        "native",
-        "--output",
-        s(&out),
-    ];
+    let dir = Scratch::new(name);
+    let out = dir.join("feats.safetensors");
+    let mut args = vec!["embed", "--backend", "ndarray", "--size", "native", "--output", s(&out)];
     args.extend_from_slice(extra);
     args.extend(images.iter().map(|p| s(p)));
     let run = dinov2(&args);
     let stderr = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(
-        run.status.code(),
-        Some(1),
-        "{name}: exit status {:?}, stderr: {stderr}",
-        run.status
-    );
+    assert_eq!(run.status.code(), Some(1), "{name}: exit status {:?}, stderr: {stderr}", run.status);
     assert!(!stderr.contains("panicked"), "{name}: panicked: {stderr}");
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| !l.starts_with("warning:"))
-        .collect();
-    assert_eq!(
-        errors.len(),
-        1,
-        "{name}: expected one error line, got: {stderr}"
-    );
-    assert!(
-        errors[0].starts_with("error: ") && errors[0].contains(needle),
-        "{name}: {stderr}"
-    );
+    let errors: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("warning:")).collect();
+    assert_eq!(errors.len(), 1, "{name}: expected one error line, got: {stderr}");
+    assert!(errors[0].starts_with("error: ") && errors[0].contains(needle), "{name}: {stderr}");
     assert!(!out.exists(), "{name}: output file left behind");
-    let leftovers: Vec<_> = std::fs::read_dir(out.parent().unwrap()).unwrap().collect();
-    assert!(
-        leftovers.is_empty(),
-        "{name}: files left behind: {leftovers:?}"
-    );
+    let leftovers: Vec<_> = std::fs::read_dir(&dir.0).unwrap().collect();
+    assert!(leftovers.is_empty(), "{name}: files left behind: {leftovers:?}");
 }
 
 fn good_image() -> PathBuf {
@@ -154,7 +95,7 @@ fn good_image() -> PathBuf {
 
 #[test]
 fn corrupt_image() {
-    let dir = scratch("corrupt-src");
+    let dir = Scratch::new("corrupt-src");
     let bad = dir.join("broken.png");
     let mut bytes = std::fs::read(good_image()).unwrap();
     bytes.truncate(bytes.len() / 2);
@@ -170,17 +111,12 @@ fn corrupt_image() {
 
 #[test]
 fn not_an_image() {
-    let dir = scratch("text-src");
+    let dir = Scratch::new("text-src");
     let (png, txt) = (dir.join("notes.png"), dir.join("notes.txt"));
     std::fs::write(&png, "just text").unwrap();
     std::fs::write(&txt, "just text").unwrap();
     let weights = fixtures().join("plain.pth");
-    expect_failure(
-        "text-png",
-        &["--weights", s(&weights)],
-        &[&png],
-        "notes.png: cannot decode image",
-    );
+    expect_failure("text-png", &["--weights", s(&weights)], &[&png], "notes.png: cannot decode image");
     expect_failure(
         "text-txt",
         &["--weights", s(&weights)],
@@ -202,7 +138,7 @@ fn missing_image() {
 
 #[test]
 fn truncated_checkpoint() {
-    let dir = scratch("trunc-src");
+    let dir = Scratch::new("trunc-src");
     let ckpt = dir.join("half.pth");
     let bytes = std::fs::read(fixtures().join("plain.pth")).unwrap();
     std::fs::write(&ckpt, &bytes[..bytes.len() / 3]).unwrap();
@@ -227,11 +163,9 @@ fn checkpoint_for_another_architecture() {
 
 #[test]
 fn image_smaller_than_a_patch() {
-    let dir = scratch("small-src");
+    let dir = Scratch::new("small-src");
     let small = dir.join("small.png");
-    image::RgbImage::from_pixel(10, 30, image::Rgb([200, 10, 10]))
-        .save(&small)
-        .unwrap();
+    image::RgbImage::from_pixel(10, 30, image::Rgb([200, 10, 10])).save(&small).unwrap();
     let weights = fixtures().join("plain.pth");
     expect_failure(
         "small",
@@ -255,12 +189,7 @@ fn images_of_different_sizes() {
 
 #[test]
 fn unknown_preset() {
-    expect_failure(
-        "preset",
-        &["--arch", "vit_huge"],
-        &[&good_image()],
-        "unknown preset `vit_huge`",
-    );
+    expect_failure("preset", &["--arch", "vit_huge"], &[&good_image()], "unknown preset `vit_huge`");
 }
 
 fn assert_not_blank(path: &Path, width: u32, height: u32) {
@@ -268,16 +197,12 @@ fn assert_not_blank(path: &Path, width: u32, height: u32) {
     assert_eq!(img.dimensions(), (width, height));
     let first = *img.get_pixel(0, 0);
     let distinct = img.pixels().filter(|p| **p != first).count();
-    assert!(
-        distinct > (width * height / 4) as usize,
-        "{}: picture is nearly uniform",
-        path.display()
-    );
+    assert!(distinct > (width * height / 4) as usize, "{}: picture is nearly uniform", path.display());
 }
 
 #[test]
 fn pca_and_match_draw_pictures() {
-    let dir = scratch("pictures");
+    let dir = Scratch::new("pictures");
     let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/images");
     let (cat, coffee) = (assets.join("chelsea.jpg"), assets.join("coffee.jpg"));
     let weights = fixtures().join("plain.pth");
@@ -294,11 +219,7 @@ fn pca_and_match_draw_pictures() {
         s(&cat),
         s(&coffee),
     ]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     // two rows of [224 image | gap 4 | 224 map], 4-pixel gap below each
     assert_not_blank(&pca, 2 * 224 + 4, 2 * (224 + 4));
     let matched = dir.join("match.png");
@@ -313,17 +234,10 @@ fn pca_and_match_draw_pictures() {
         s(&cat),
         s(&cat),
     ]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let stderr = String::from_utf8_lossy(&run.stderr);
     // an image against itself: every patch is its own mutual nearest neighbour
-    assert!(
-        stderr.contains("40 mutual nearest neighbours drawn, mean cosine similarity 1.000"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("40 mutual nearest neighbours drawn, mean cosine similarity 1.000"), "{stderr}");
     assert_not_blank(&matched, 224 + 16 + 224, 224);
 }
 
@@ -331,15 +245,8 @@ fn pca_and_match_draw_pictures() {
 fn info_lists_the_adapter() {
     let run = dinov2(&["info", "--backend", "wgpu"]);
     let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    assert!(
-        stdout.contains("wgpu adapter 0: ") && stdout.contains("max storage binding"),
-        "{stdout}"
-    );
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(stdout.contains("wgpu adapter 0: ") && stdout.contains("max storage binding"), "{stdout}");
     assert!(stdout.contains("in use: wgpu on "), "{stdout}");
 }
 
@@ -348,11 +255,11 @@ fn info_lists_the_adapter() {
 #[test]
 fn no_adapter_is_a_hint_not_a_panic() {
     let hide_drivers = |cmd: &mut Command| {
-        cmd.env("VK_ICD_FILENAMES", "/nonexistent.json")
-            .env("VK_DRIVER_FILES", "/nonexistent.json");
+        cmd.env("VK_ICD_FILENAMES", "/nonexistent.json").env("VK_DRIVER_FILES", "/nonexistent.json");
     };
     let weights = fixtures().join("plain.pth");
-    let out = scratch("no-adapter").join("f.safetensors");
+    let dir = Scratch::new("no-adapter");
+    let out = dir.join("f.safetensors");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dinov2"));
     cmd.args([
         "embed",
@@ -371,30 +278,46 @@ fn no_adapter_is_a_hint_not_a_panic() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.contains("no GPU adapter found") && stderr.contains("--backend ndarray"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("no GPU adapter found") && stderr.contains("--backend ndarray"), "{stderr}");
     assert!(!out.exists());
 
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dinov2"));
-    cmd.args([
+    cmd.args(["embed", "--weights", s(&weights), "--size", "native", "--output", s(&out), s(&good_image())]);
+    hide_drivers(&mut cmd);
+    let run = cmd.output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("running on ndarray"));
+    assert!(out.exists());
+}
+
+#[test]
+fn native_size_crops_to_the_patch_grid_with_a_warning() {
+    let dir = Scratch::new("crop");
+    let odd = dir.join("odd.png");
+    image::imageops::crop_imm(&image::open(good_image()).unwrap().to_rgb8(), 0, 0, 50, 45)
+        .to_image()
+        .save(&odd)
+        .unwrap();
+    let out = dir.join("f.safetensors");
+    let weights = fixtures().join("plain.pth");
+    let run = dinov2(&[
         "embed",
         "--weights",
         s(&weights),
         "--size",
         "native",
+        "--backend",
+        "ndarray",
         "--output",
         s(&out),
-        s(&good_image()),
+        s(&odd),
     ]);
-    hide_drivers(&mut cmd);
-    let run = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
     assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
+        stderr.contains("warning: ")
+            && stderr.contains("odd.png: 50x45 is not a multiple of the patch size; centre-cropped to 42x42"),
+        "{stderr}"
     );
-    assert!(String::from_utf8_lossy(&run.stderr).contains("running on ndarray"));
-    assert!(out.exists());
+    assert_eq!(read_tensor(&out, "patch").0, vec![1, 3, 3, 128]);
 }

@@ -1,0 +1,9 @@
+//! The integration tests, one binary (each test binary links all of burn, so one link instead
+//! of four saves minutes of a cold CI run).
+
+mod backbone_parity;
+mod checkpoint;
+mod cli;
+mod common;
+mod pos_embed;
+mod preprocess;
