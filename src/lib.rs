@@ -14,6 +14,7 @@ pub mod error;
 pub mod eval;
 pub mod features;
 pub mod io;
+pub mod kernels;
 pub mod model;
 
 pub use error::{Error, Result};

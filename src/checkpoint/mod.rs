@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 pub use source::TensorSource;
 
-use crate::config::{FfnKind, PosInterpolation, VitConfig, swiglu_hidden};
+use crate::config::{FfnKind, PosInterpolation, VitConfig};
 use crate::error::{Error, Result};
 
 /// Where a checkpoint came from; decides the default position-embedding interpolation.

@@ -5,8 +5,8 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::Device;
 use crate::common::*;
+use burn::tensor::Device;
 use dinov2_wgpu::checkpoint::{CheckpointKind, LoadOptions, read_backbone};
 use dinov2_wgpu::config::PosInterpolation;
 use dinov2_wgpu::data::preprocess::Resize;

@@ -5,5 +5,6 @@ mod backbone_parity;
 mod checkpoint;
 mod cli;
 mod common;
+mod kernels;
 mod pos_embed;
 mod preprocess;

@@ -2,8 +2,8 @@
 //! `interp.safetensors` from tests/reference/make_fixtures.py): scale-factor form with the
 //! 0.1 offset, size form, size form with antialias; grids up- and down-sampled, non-square.
 
-use burn::tensor::{Tensor, TensorData};
 use crate::common::*;
+use burn::tensor::{Tensor, TensorData};
 use dinov2_wgpu::config::PosInterpolation;
 use dinov2_wgpu::model::pos_embed::interpolate_grid;
 

@@ -23,6 +23,9 @@ fn eval_transform_matches_torchvision() {
         let mean = diffs.iter().sum::<i32>() as f64 / diffs.len() as f64;
         let off = diffs.iter().filter(|&&d| d > 2).count() as f64 / diffs.len() as f64;
         eprintln!("{name}: grey-level difference mean {mean:.3}, max {max}, share > 2: {off:.4}");
-        assert!(mean < 0.5 && off < 0.01, "{name}: mean {mean:.3}, share of pixels off by > 2 levels {off:.4}");
+        assert!(
+            mean < 0.5 && off < 0.01,
+            "{name}: mean {mean:.3}, share of pixels off by > 2 levels {off:.4}"
+        );
     }
 }

@@ -1,0 +1,123 @@
+// Fused attention forward, FlashAttention-2 style: softmax(scale * Q Kᵀ) V without the N×N matrix.
+//
+// Layout: q, k, v, o are [BH, N, D] row-major (D = 64); lse is [BH, N] (f32), the row
+// log-sum-exp of the scaled scores, kept for the backward. One workgroup owns BR query rows of
+// one (batch, head), one invocation per row: the query row and its output accumulator live in
+// registers, K and V tiles of BC rows are staged in workgroup memory (2·BC·D·4 bytes = 8 KiB at
+// BC = 16, half of wgpu's default 16 KiB), and the softmax is accumulated online (running max m,
+// running sum l). Rows and keys past N are masked, so any N works.
+//
+// Template slots: elem (f32 | f16: storage type, arithmetic is f32), enable ("enable f16;" or
+// empty), br (invocations = query rows per workgroup), bc (keys per tile).
+{{ enable }}
+
+@group(0) @binding(0) var<storage, read_write> q: array<{{ elem }}>;
+@group(0) @binding(1) var<storage, read_write> k: array<{{ elem }}>;
+@group(0) @binding(2) var<storage, read_write> v: array<{{ elem }}>;
+@group(0) @binding(3) var<storage, read_write> o: array<{{ elem }}>;
+@group(0) @binding(4) var<storage, read_write> lse: array<f32>;
+// [BH, N, bitcast(scale)]. All bindings are read_write: burn sub-allocates tensors from shared
+// buffers, and mixed read-only/read-write views of one buffer conflict in a dispatch.
+@group(0) @binding(5) var<storage, read_write> info: array<u32>;
+
+const D: u32 = 64u;
+const D4: u32 = 16u;
+const BR: u32 = {{ br }}u;
+const BC: u32 = {{ bc }}u;
+// Finite stand-in for -inf: exp(NEG - x) is exactly 0 without inf - inf = NaN.
+const NEG: f32 = -1.0e30;
+
+var<workgroup> k_tile: array<vec4<f32>, BC * D4>;
+var<workgroup> v_tile: array<vec4<f32>, BC * D4>;
+var<workgroup> n_uniform: u32;
+
+fn load4_q(i: u32) -> vec4<f32> {
+    return vec4<f32>(f32(q[i]), f32(q[i + 1u]), f32(q[i + 2u]), f32(q[i + 3u]));
+}
+fn load4_k(i: u32) -> vec4<f32> {
+    return vec4<f32>(f32(k[i]), f32(k[i + 1u]), f32(k[i + 2u]), f32(k[i + 3u]));
+}
+fn load4_v(i: u32) -> vec4<f32> {
+    return vec4<f32>(f32(v[i]), f32(v[i + 1u]), f32(v[i + 2u]), f32(v[i + 3u]));
+}
+
+@compute @workgroup_size({{ br }}, 1, 1)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    // Loop bounds that contain barriers must be uniform: a value read from storage is not,
+    // a workgroupUniformLoad of it is.
+    if (lid == 0u) { n_uniform = info[1]; }
+    let n = workgroupUniformLoad(&n_uniform);
+    let bh_count = info[0];
+    let scale = bitcast<f32>(info[2]);
+
+    let blocks = (n + BR - 1u) / BR;
+    let flat = wid.y * nwg.x + wid.x;
+    let bh = flat / blocks;
+    let row = (flat % blocks) * BR + lid;
+    let live = bh < bh_count; // padding workgroups of the 2-D grid do no memory traffic
+    let valid = live && row < n;
+    let base = bh * n * D;
+
+    var qr: array<vec4<f32>, D4>;
+    var acc: array<vec4<f32>, D4>;
+    for (var c = 0u; c < D4; c++) {
+        acc[c] = vec4<f32>(0.0);
+        qr[c] = vec4<f32>(0.0);
+        if (valid) { qr[c] = load4_q(base + row * D + 4u * c) * scale; }
+    }
+    var m = NEG;
+    var l = 0.0;
+    var s: array<f32, BC>;
+
+    for (var t = 0u; t < n; t += BC) {
+        workgroupBarrier(); // everyone is done with the previous tile
+        for (var e = lid; e < BC * D4; e += BR) {
+            let key = t + e / D4;
+            var kv = vec4<f32>(0.0);
+            var vv = vec4<f32>(0.0);
+            if (live && key < n) {
+                let at = base + key * D + 4u * (e % D4);
+                kv = load4_k(at);
+                vv = load4_v(at);
+            }
+            k_tile[e] = kv;
+            v_tile[e] = vv;
+        }
+        workgroupBarrier();
+
+        let count = min(BC, n - t);
+        var m_new = m;
+        for (var j = 0u; j < count; j++) {
+            var dot_qk = 0.0;
+            for (var c = 0u; c < D4; c++) { dot_qk += dot(qr[c], k_tile[j * D4 + c]); }
+            s[j] = dot_qk;
+            m_new = max(m_new, dot_qk);
+        }
+        let correction = exp(m - m_new);
+        l = l * correction;
+        for (var c = 0u; c < D4; c++) { acc[c] = acc[c] * correction; }
+        for (var j = 0u; j < count; j++) {
+            let p = exp(s[j] - m_new);
+            l += p;
+            for (var c = 0u; c < D4; c++) { acc[c] += p * v_tile[j * D4 + c]; }
+        }
+        m = m_new;
+    }
+
+    if (valid) {
+        let inv = 1.0 / l;
+        let at = base + row * D;
+        for (var c = 0u; c < D4; c++) {
+            let r = acc[c] * inv;
+            o[at + 4u * c] = {{ elem }}(r.x);
+            o[at + 4u * c + 1u] = {{ elem }}(r.y);
+            o[at + 4u * c + 2u] = {{ elem }}(r.z);
+            o[at + 4u * c + 3u] = {{ elem }}(r.w);
+        }
+        lse[bh * n + row] = m + log(l);
+    }
+}

@@ -1,0 +1,310 @@
+//! The three hand-written kernels of the design, as one burn backend extension:
+//!
+//! - fused attention (FlashAttention-2 style), forward and backward
+//!   (`shaders/attention_forward.wgsl`, `attention_backward*.wgsl`);
+//! - Sinkhorn-Knopp centering of teacher logits (`shaders/sinkhorn.wgsl`);
+//! - the KoLeo nearest neighbour (`shaders/koleo.wgsl`).
+//!
+//! [`KernelOps`] is implemented by burn's wgpu backend with the WGSL kernels ([`wgsl`]), by the
+//! ndarray backend with the `*_reference` functions below (plain burn tensor ops: the test
+//! oracle, the benchmark baseline and the CPU implementation), and by autodiff with a
+//! hand-written attention backward ([`autodiff`]). Fusion sees the kernels as opaque custom ops.
+//!
+//! The public functions ([`attention`], [`sinkhorn_knopp`], [`koleo_nearest`], [`koleo_loss`])
+//! take and return ordinary tensors on any of these devices.
+
+// burn 0.22 deprecates ndarray in favour of flex; the project keeps ndarray as its CPU backend
+#![allow(deprecated)]
+
+pub mod autodiff;
+// burn 0.22 deprecates ndarray in favour of flex; the project keeps ndarray as its CPU backend
+#[allow(deprecated)]
+mod cpu;
+pub mod shaders;
+pub mod wgsl;
+
+use burn::backend::fusion::custom::TensorSpec;
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{Backend, Dispatch, backend_extension};
+use burn::tensor::activation::softmax;
+use burn::tensor::{DType, Int, Shape, Tensor};
+
+/// The head width the attention kernels are written for (every preset uses it).
+pub const HEAD_DIM: usize = 64;
+
+/// Largest score block the reference attention materialises at once, in elements (32 MiB of
+/// f32): well under the 128 MiB storage binding of software adapters and browsers.
+pub const MAX_SCORE_ELEMENTS: usize = 8 << 20;
+
+#[backend_extension(Cube, Fusion, NdArray, Autodiff)]
+pub trait KernelOps: Backend {
+    /// `softmax(scale · q kᵀ) v` for q, k, v `[B, H, N, 64]`: the differentiable entry point.
+    #[fusion(dtype = q, shape = q)]
+    fn fused_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self>;
+
+    /// The forward pass with what the backward needs: `(out [B, H, N, 64], lse [B, H, N] f32)`,
+    /// `lse` the log-sum-exp of each row of scaled scores.
+    #[fusion(meta = attention_forward_meta)]
+    fn attention_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Gradients `(dq, dk, dv)` of the attention given the forward's `out` and `lse` and the
+    /// upstream gradient `dout`.
+    #[fusion(meta = attention_backward_meta)]
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        dout: FloatTensor<Self>,
+        scale: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Sinkhorn-Knopp of teacher logits `[B, K]` at temperature `temperature`, `iterations`
+    /// rounds; rows of the result sum to 1. Not differentiated (the teacher has no gradient).
+    #[fusion(dtype = logits, shape = logits)]
+    fn sinkhorn_knopp(logits: FloatTensor<Self>, temperature: f32, iterations: u32) -> FloatTensor<Self>;
+
+    /// For rows of `x` `[n, d]`, the index of the row with the largest inner product, itself
+    /// excluded: `[n]` int.
+    #[fusion(meta = koleo_meta)]
+    fn koleo_nearest(x: FloatTensor<Self>) -> IntTensor<Self>;
+}
+
+fn attention_forward_meta(
+    q: &TensorSpec,
+    _k: &TensorSpec,
+    _v: &TensorSpec,
+    _scale: &f32,
+) -> (TensorSpec, TensorSpec) {
+    let d = q.shape.as_slice();
+    (q.clone(), TensorSpec::new(Shape::new([d[0], d[1], d[2]]), DType::F32))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attention_backward_meta(
+    q: &TensorSpec,
+    k: &TensorSpec,
+    v: &TensorSpec,
+    _out: &TensorSpec,
+    _lse: &TensorSpec,
+    _dout: &TensorSpec,
+    _scale: &f32,
+) -> (TensorSpec, TensorSpec, TensorSpec) {
+    (q.clone(), k.clone(), v.clone())
+}
+
+fn koleo_meta(x: &TensorSpec) -> TensorSpec {
+    TensorSpec::new(Shape::new([x.shape.as_slice()[0]]), DType::I32)
+}
+
+/// Which implementation [`attention`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionImpl {
+    /// The extension op: WGSL on wgpu, the reference forward/backward formulas on ndarray,
+    /// with the hand-written backward under autodiff. Head width 64 only; other widths use
+    /// [`AttentionImpl::Reference`].
+    Fused,
+    /// [`attention_reference`]: composed burn ops, differentiated by burn's autodiff.
+    Reference,
+}
+
+/// `softmax(q kᵀ / sqrt(d)) v` for q, k, v `[B, H, N, d]` through the chosen implementation.
+pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, which: AttentionImpl) -> Tensor<4> {
+    let [_, _, n, d] = q.dims();
+    if which == AttentionImpl::Reference || d != HEAD_DIM || n == 0 {
+        return attention_reference(q, k, v);
+    }
+    let scale = (d as f32).powf(-0.5);
+    let (k, v) = (k.cast(q.dtype()), v.cast(q.dtype()));
+    Tensor::from_dispatch(<Dispatch as KernelOps>::fused_attention(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        scale,
+    ))
+}
+
+/// The forward with its log-sum-exp, `(out, lse)`, through the extension op (head width 64).
+pub fn attention_forward(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<3>) {
+    let scale = (q.dims()[3] as f32).powf(-0.5);
+    let (o, lse) = <Dispatch as KernelOps>::attention_forward(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        scale,
+    );
+    (Tensor::from_dispatch(o), Tensor::from_dispatch(lse))
+}
+
+/// The backward through the extension op: `(dq, dk, dv)`.
+pub fn attention_backward(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    out: Tensor<4>,
+    lse: Tensor<3>,
+    dout: Tensor<4>,
+) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+    let scale = (q.dims()[3] as f32).powf(-0.5);
+    let (dq, dk, dv) = <Dispatch as KernelOps>::attention_backward(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        out.into_dispatch(),
+        lse.into_dispatch(),
+        dout.into_dispatch(),
+        scale,
+    );
+    (Tensor::from_dispatch(dq), Tensor::from_dispatch(dk), Tensor::from_dispatch(dv))
+}
+
+/// Query rows per chunk such that a `[B, H, rows, N]` score block stays under
+/// [`MAX_SCORE_ELEMENTS`].
+fn rows_per_chunk(b: usize, h: usize, n: usize) -> usize {
+    (MAX_SCORE_ELEMENTS / (b * h * n).max(1)).max(1)
+}
+
+/// Apply `f` to chunks of query rows (dim 2) and concatenate the results along `dim`.
+fn by_query_chunks<const D: usize>(
+    q: Tensor<4>,
+    dim: usize,
+    f: impl Fn(Tensor<4>) -> Tensor<D>,
+) -> Tensor<D> {
+    let [b, h, n, _] = q.dims();
+    let rows = rows_per_chunk(b, h, n);
+    if rows >= n {
+        return f(q);
+    }
+    let parts =
+        (0..n).step_by(rows).map(|start| f(q.clone().narrow(2, start, rows.min(n - start)))).collect();
+    Tensor::cat(parts, dim)
+}
+
+/// `softmax(q kᵀ / sqrt(d)) v` from plain tensor ops (differentiable by burn's autodiff), the
+/// `[B, H, n, N]` score matrix materialised for chunks of query rows small enough that no block
+/// exceeds [`MAX_SCORE_ELEMENTS`]; each row is computed exactly as without chunking.
+pub fn attention_reference(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+    let scale = (q.dims()[3] as f64).powf(-0.5);
+    let keys = k.swap_dims(2, 3);
+    by_query_chunks(q, 2, |q| softmax(q.mul_scalar(scale).matmul(keys.clone()), 3).matmul(v.clone()))
+}
+
+/// Reference of [`KernelOps::attention_forward`]: `(out, lse)` from plain tensor ops.
+pub fn attention_forward_reference(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    scale: f32,
+) -> (Tensor<4>, Tensor<3>) {
+    let keys = k.swap_dims(2, 3);
+    let lse = by_query_chunks(q.clone(), 2, |q| {
+        let s = q.mul_scalar(scale).matmul(keys.clone());
+        let m = s.clone().max_dim(3);
+        (s - m.clone()).exp().sum_dim(3).log() + m
+    });
+    let out =
+        by_query_chunks(q, 2, |q| softmax(q.mul_scalar(scale).matmul(keys.clone()), 3).matmul(v.clone()));
+    (out, lse.squeeze_dim(3))
+}
+
+/// Reference of [`KernelOps::attention_backward`], the FlashAttention backward formulas in
+/// plain tensor ops, with `P = exp(scale·q kᵀ − lse)`:
+/// `dV = Pᵀ dO`, `dS = P ∘ (dO Vᵀ − rowsum(dO ∘ O))`, `dQ = scale·dS K`, `dK = scale·dSᵀ Q`.
+pub fn attention_backward_reference(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    out: Tensor<4>,
+    lse: Tensor<3>,
+    dout: Tensor<4>,
+    scale: f32,
+) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+    let delta = (dout.clone() * out).sum_dim(3);
+    let p = (q.clone().mul_scalar(scale).matmul(k.clone().swap_dims(2, 3)) - lse.unsqueeze_dim(3)).exp();
+    let dv = p.clone().swap_dims(2, 3).matmul(dout.clone());
+    let ds = p * (dout.matmul(v.swap_dims(2, 3)) - delta);
+    let dq = ds.clone().matmul(k).mul_scalar(scale);
+    let dk = ds.swap_dims(2, 3).matmul(q).mul_scalar(scale);
+    (dq, dk, dv)
+}
+
+/// Sinkhorn-Knopp centering of teacher logits `[B, K]` (DINOv2's `sinkhorn_knopp_teacher`,
+/// single process): the WGSL kernel on wgpu, [`sinkhorn_knopp_reference`] elsewhere. Rows of
+/// the result sum to 1; no gradient flows back to `logits`.
+pub fn sinkhorn_knopp(logits: Tensor<2>, temperature: f32, iterations: u32) -> Tensor<2> {
+    let logits = logits.cast(DType::F32);
+    if iterations == 0 || logits.dims()[0] * logits.dims()[1] == 0 {
+        return sinkhorn_knopp_reference(logits, temperature, iterations);
+    }
+    Tensor::from_dispatch(<Dispatch as KernelOps>::sinkhorn_knopp(
+        logits.into_dispatch(),
+        temperature,
+        iterations,
+    ))
+}
+
+/// The official Sinkhorn-Knopp in plain tensor ops, in `[B, K]` orientation and log space:
+/// `log Q = t/τ`; repeat {subtract each column's logsumexp and log K; subtract each row's
+/// logsumexp and log B}; `Q = exp(log Q) · B`. The same as the official
+/// `Q = exp(t/τ); Q /= ΣQ; repeat {Q /= Q.sum(over B) · K; Q /= Q.sum(over K) · B}; Q · B`
+/// (the ΣQ step is a constant the first column step removes), without its overflow for large
+/// logits or underflow for columns far below the others.
+pub fn sinkhorn_knopp_reference(logits: Tensor<2>, temperature: f32, iterations: u32) -> Tensor<2> {
+    let [b, k] = logits.dims();
+    let logsumexp = |x: Tensor<2>, dim: usize| {
+        let m = x.clone().max_dim(dim);
+        (x - m.clone()).exp().sum_dim(dim).log() + m
+    };
+    let mut q = logits.div_scalar(temperature);
+    let all = logsumexp(q.clone().reshape([1, b * k]), 1);
+    q = q - all; // Q /= ΣQ
+    for _ in 0..iterations {
+        q = q.clone() - logsumexp(q, 0) - (k as f32).ln();
+        q = q.clone() - logsumexp(q, 1) - (b as f32).ln();
+    }
+    q.exp().mul_scalar(b as f32)
+}
+
+/// For L2-normalised rows of `x` `[n, d]` (n ≥ 2), the index of each row's nearest other row by
+/// inner product: the WGSL kernel on wgpu, [`koleo_nearest_reference`] elsewhere.
+pub fn koleo_nearest(x: Tensor<2>) -> Tensor<1, Int> {
+    let x = x.cast(DType::F32);
+    if x.dims()[0] < 2 {
+        return koleo_nearest_reference(x);
+    }
+    Tensor::from_dispatch(<Dispatch as KernelOps>::koleo_nearest(x.into_dispatch()))
+}
+
+/// The official `pairwise_NNs_inner` in plain tensor ops: `x xᵀ`, the diagonal excluded,
+/// argmax per row.
+pub fn koleo_nearest_reference(x: Tensor<2>) -> Tensor<1, Int> {
+    let n = x.dims()[0];
+    let dots = x.clone().matmul(x.transpose());
+    let eye = Tensor::<2, Int>::eye(n, &dots.device()).bool();
+    dots.mask_fill(eye, f32::NEG_INFINITY).argmax(1).squeeze_dim(1)
+}
+
+/// DINOv2's KoLeo loss of student features `[n, d]`: normalise the rows (eps 1e-8), find each
+/// row's nearest neighbour with [`koleo_nearest`], `−mean(log(‖x_i − x_nn(i) + 1e-8‖ + 1e-8))`
+/// (PyTorch's `PairwiseDistance` adds its eps to the difference). Differentiable in `x`.
+pub fn koleo_loss(x: Tensor<2>) -> Tensor<1> {
+    const EPS: f64 = 1e-8;
+    let norm = x.clone().square().sum_dim(1).sqrt().clamp_min(EPS);
+    let x = x / norm;
+    let nearest = koleo_nearest(x.clone().detach());
+    let neighbours = x.clone().select(0, nearest);
+    let distance = (x - neighbours).add_scalar(EPS).square().sum_dim(1).sqrt();
+    distance.add_scalar(EPS).log().mean().neg()
+}

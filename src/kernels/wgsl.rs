@@ -1,0 +1,240 @@
+//! [`KernelOps`] on burn's cubecl backend (wgpu): the WGSL kernels of `shaders/`, launched on
+//! the client, queue and memory pool burn's own kernels use.
+
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::wgpu::{
+    CubeBackend, CubeDim, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous,
+};
+use burn::cubecl::CubeCount;
+use burn::cubecl::prelude::KernelId;
+use burn::cubecl::server::{Handle, KernelArguments};
+use burn::tensor::{DType, Shape};
+
+use super::KernelOps;
+use super::shaders::{ATTENTION_ROWS, KOLEO_TILE_BUDGET, REDUCE_WG, Shader};
+
+/// One launchable variant.
+#[derive(Debug)]
+struct Kernel(Shader);
+
+impl KernelSource for Kernel {
+    fn source(&self) -> SourceTemplate {
+        self.0.template()
+    }
+
+    fn id(&self) -> KernelId {
+        // everything that changes the generated text is in the variant
+        KernelId::new::<Self>().info(self.0)
+    }
+
+    fn lang(&self) -> &'static str {
+        // burn's `wgpu` feature compiles kernels to WGSL (the `vulkan` feature, which picks
+        // SPIR-V, would reject these launches)
+        "wgsl"
+    }
+}
+
+/// A 2-D grid of `groups` workgroups (at most 65535 per dimension); kernels flatten
+/// `wid.y * nwg.x + wid.x` and skip the padding.
+fn grid(groups: usize) -> CubeCount {
+    let x = groups.clamp(1, 65535);
+    CubeCount::Static(x as u32, groups.div_ceil(x).max(1) as u32, 1)
+}
+
+fn empty(like: &CubeTensor, shape: Shape, dtype: DType) -> CubeTensor {
+    let handle = like.client.empty(shape.num_elements() * dtype.size());
+    CubeTensor::new_contiguous(like.client.clone(), like.device.clone(), shape, handle, dtype)
+}
+
+fn info(like: &CubeTensor, values: &[u32]) -> Handle {
+    like.client.create_from_slice(bytemuck::cast_slice(values))
+}
+
+fn launch(like: &CubeTensor, shader: Shader, workgroup: CubeDim, groups: usize, buffers: Vec<Handle>) {
+    like.client.launch(
+        Box::new(SourceKernel::new(Kernel(shader), workgroup)),
+        grid(groups),
+        KernelArguments::new().with_buffers(buffers.into_iter().map(|h| h.binding()).collect()),
+    );
+}
+
+fn is_f16(t: &CubeTensor) -> bool {
+    match t.dtype {
+        DType::F32 => false,
+        DType::F16 => true,
+        other => panic!("attention kernels take f32 or f16 tensors, got {other:?}"),
+    }
+}
+
+/// `(batch·heads, tokens)` of a `[B, H, N, 64]` tensor.
+fn attention_dims(t: &CubeTensor) -> (usize, usize) {
+    let s = t.meta.shape();
+    let d = s.as_slice();
+    assert!(
+        d.len() == 4 && d[3] == super::HEAD_DIM,
+        "fused attention takes [B, H, N, 64] tensors, got {d:?}"
+    );
+    (d[0] * d[1], d[2])
+}
+
+fn attention_groups(bh: usize, n: usize) -> usize {
+    bh * n.div_ceil(ATTENTION_ROWS as usize)
+}
+
+impl KernelOps for CubeBackend {
+    fn fused_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self> {
+        Self::attention_forward(q, k, v, scale).0
+    }
+
+    fn attention_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (q, k, v) = (into_contiguous(q), into_contiguous(k), into_contiguous(v));
+        let (bh, n) = attention_dims(&q);
+        let f16 = is_f16(&q);
+        let out = empty(&q, q.meta.shape().clone(), q.dtype);
+        let d = q.meta.shape().as_slice().to_vec();
+        let lse = empty(&q, Shape::new([d[0], d[1], d[2]]), DType::F32);
+        if bh * n > 0 {
+            let params = info(&q, &[bh as u32, n as u32, scale.to_bits()]);
+            launch(
+                &q,
+                Shader::AttentionForward { f16 },
+                CubeDim::new_1d(ATTENTION_ROWS),
+                attention_groups(bh, n),
+                vec![
+                    q.handle.clone(),
+                    k.handle.clone(),
+                    v.handle.clone(),
+                    out.handle.clone(),
+                    lse.handle.clone(),
+                    params,
+                ],
+            );
+        }
+        (out, lse)
+    }
+
+    fn attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        dout: FloatTensor<Self>,
+        scale: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (q, k, v) = (into_contiguous(q), into_contiguous(k), into_contiguous(v));
+        let (out, lse, dout) = (into_contiguous(out), into_contiguous(lse), into_contiguous(dout));
+        let (bh, n) = attention_dims(&q);
+        let f16 = is_f16(&q);
+        let dq = empty(&q, q.meta.shape().clone(), q.dtype);
+        let dk = empty(&q, q.meta.shape().clone(), q.dtype);
+        let dv = empty(&q, q.meta.shape().clone(), q.dtype);
+        let rows = bh * n;
+        if rows == 0 {
+            return (dq, dk, dv);
+        }
+        let stats = q.client.empty(rows * 2 * DType::F32.size());
+        let params = info(&q, &[rows as u32]);
+        launch(
+            &q,
+            Shader::AttentionBackwardDelta { f16 },
+            CubeDim::new_1d(REDUCE_WG),
+            rows.div_ceil(REDUCE_WG as usize),
+            vec![out.handle.clone(), dout.handle.clone(), lse.handle.clone(), stats.clone(), params],
+        );
+        let params = info(&q, &[bh as u32, n as u32, scale.to_bits()]);
+        launch(
+            &q,
+            Shader::AttentionBackwardDq { f16 },
+            CubeDim::new_1d(ATTENTION_ROWS),
+            attention_groups(bh, n),
+            vec![
+                q.handle.clone(),
+                k.handle.clone(),
+                v.handle.clone(),
+                dout.handle.clone(),
+                stats.clone(),
+                dq.handle.clone(),
+                params.clone(),
+            ],
+        );
+        launch(
+            &q,
+            Shader::AttentionBackwardDkDv { f16 },
+            CubeDim::new_1d(ATTENTION_ROWS),
+            attention_groups(bh, n),
+            vec![
+                q.handle.clone(),
+                k.handle.clone(),
+                v.handle.clone(),
+                dout.handle.clone(),
+                stats,
+                dk.handle.clone(),
+                dv.handle.clone(),
+                params,
+            ],
+        );
+        (dq, dk, dv)
+    }
+
+    fn sinkhorn_knopp(logits: FloatTensor<Self>, temperature: f32, iterations: u32) -> FloatTensor<Self> {
+        let logits = into_contiguous(logits);
+        assert_eq!(logits.dtype, DType::F32, "sinkhorn_knopp takes f32 logits");
+        let dims = logits.meta.shape().as_slice().to_vec();
+        assert_eq!(dims.len(), 2, "sinkhorn_knopp takes [B, K] logits");
+        let (b, k) = (dims[0], dims[1]);
+        assert!(iterations > 0, "sinkhorn_knopp needs at least one iteration");
+        let out = empty(&logits, logits.meta.shape().clone(), DType::F32);
+        if b * k == 0 {
+            return out;
+        }
+        let client = &logits.client;
+        let col_scale = client.empty(k * 4);
+        let row_scale = client.empty(b * 4);
+        let run = |pass: u32, iteration: u32, groups: usize| {
+            let params = info(&logits, &[b as u32, k as u32, (1.0 / temperature).to_bits(), iteration]);
+            let buffers =
+                vec![logits.handle.clone(), out.handle.clone(), col_scale.clone(), row_scale.clone(), params];
+            launch(&logits, Shader::Sinkhorn { pass }, CubeDim::new_1d(REDUCE_WG), groups, buffers);
+        };
+        for it in 0..iterations {
+            run(0, it, k.div_ceil(REDUCE_WG as usize));
+            run(1, it, b);
+        }
+        run(2, 0, (b * k).div_ceil(REDUCE_WG as usize));
+        out
+    }
+
+    fn koleo_nearest(x: FloatTensor<Self>) -> IntTensor<Self> {
+        let x = into_contiguous(x);
+        assert_eq!(x.dtype, DType::F32, "koleo_nearest takes f32 features");
+        let dims = x.meta.shape().as_slice().to_vec();
+        assert_eq!(dims.len(), 2, "koleo_nearest takes [n, d] features");
+        let (n, d) = (dims[0], dims[1]);
+        let nearest = empty(&x, Shape::new([n]), DType::I32);
+        if n > 0 {
+            // bound each workgroup's sweep (barrier rounds = span · ceil(d / 16)), then reduce
+            let tiles = n.div_ceil(64);
+            let chunks = d.div_ceil(16).max(1);
+            let span = (KOLEO_TILE_BUDGET / chunks).clamp(1, tiles);
+            let groups = tiles.div_ceil(span);
+            let part_val = x.client.empty(n * groups * 4);
+            let part_idx = x.client.empty(n * groups * 4);
+            let params = info(&x, &[n as u32, d as u32, groups as u32, span as u32]);
+            let buffers = vec![x.handle.clone(), part_val, part_idx, nearest.handle.clone(), params];
+            launch(&x, Shader::Koleo { pass: 0 }, CubeDim::new_2d(8, 8), tiles * groups, buffers.clone());
+            launch(&x, Shader::Koleo { pass: 1 }, CubeDim::new_2d(8, 8), tiles, buffers);
+        }
+        nearest
+    }
+}

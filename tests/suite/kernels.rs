@@ -1,0 +1,341 @@
+//! The WGSL kernels against their references: naga validation of every expanded shader (CPU
+//! only), fused attention forward and gradients, Sinkhorn-Knopp and the KoLeo neighbour on
+//! wgpu (lavapipe here) and on the CPU backend, repeated runs bit-identical, and the ViT with
+//! the fused attention against the composed one.
+
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use dinov2_wgpu::kernels::{
+    self, AttentionImpl,
+    shaders::{Shader, expand},
+};
+
+use crate::common::{ndarray_device, wgpu_device};
+
+/// Deterministic N(0, 1) samples (xorshift + Box-Muller), the same on every machine.
+fn normal(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut uniform = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        ((s >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    (0..n)
+        .map(|_| {
+            let (u1, u2) = (uniform(), uniform());
+            ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+        })
+        .collect()
+}
+
+fn tensor<const D: usize>(data: &[f32], shape: [usize; D], device: &Device) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(data.to_vec(), shape), device)
+}
+
+fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+}
+
+fn host_int(t: Tensor<1, Int>) -> Vec<i64> {
+    t.into_data().try_to_vec_as::<i64>().unwrap()
+}
+
+/// max |a - b|, NaN counted as infinite.
+fn err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| if (x - y).is_nan() { f32::INFINITY } else { (x - y).abs() })
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn every_shader_parses_and_validates_with_naga() {
+    use naga::valid::{Capabilities, ValidationFlags, Validator};
+    let variants = Shader::all();
+    assert_eq!(variants.len(), 13, "4 attention kernels × (f32, f16), 3 Sinkhorn passes, 2 KoLeo passes");
+    for shader in variants {
+        let source = expand(shader);
+        assert!(!source.contains("{{"), "{shader:?}: unfilled template slot");
+        let module = naga::front::wgsl::parse_str(&source)
+            .unwrap_or_else(|e| panic!("{shader:?}: {}", e.emit_to_string(&source)));
+        Validator::new(ValidationFlags::all(), Capabilities::SHADER_FLOAT16)
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{shader:?}: {}", e.emit_to_string(&source)));
+        assert!(module.entry_points.iter().any(|e| e.name == "main"), "{shader:?}: no `main`");
+    }
+}
+
+#[test]
+fn the_validation_can_fail() {
+    use naga::valid::{Capabilities, ValidationFlags, Validator};
+    // an unexpanded template does not parse
+    assert!(naga::front::wgsl::parse_str(dinov2_wgpu::kernels::shaders::ATTENTION_FORWARD).is_err());
+    // the f16 variant needs the adapter's shader-f16 capability
+    let source = expand(Shader::AttentionForward { f16: true });
+    let module = naga::front::wgsl::parse_str(&source).unwrap();
+    assert!(Validator::new(ValidationFlags::all(), Capabilities::empty()).validate(&module).is_err());
+    // a type error is caught
+    let broken = expand(Shader::Koleo { pass: 0 }).replace("var av = 0.0;", "var av = 0u;");
+    let module = naga::front::wgsl::parse_str(&broken);
+    let validated =
+        module.map(|m| Validator::new(ValidationFlags::all(), Capabilities::empty()).validate(&m).is_ok());
+    assert!(!matches!(validated, Ok(true)), "a u32 stored into an f32 array passed validation");
+}
+
+/// Output and gradients of `sum(attention(q, k, v) ∘ w)` on an autodiff device.
+fn attention_with_grads(
+    device: &Device,
+    which: AttentionImpl,
+    shape: [usize; 4],
+    data: &[Vec<f32>; 4],
+) -> [Vec<f32>; 4] {
+    let ad = device.clone().autodiff();
+    let q = tensor(&data[0], shape, &ad).require_grad();
+    let k = tensor(&data[1], shape, &ad).require_grad();
+    let v = tensor(&data[2], shape, &ad).require_grad();
+    let w = tensor(&data[3], shape, &ad);
+    let out = kernels::attention(q.clone(), k.clone(), v.clone(), which);
+    let grads = (out.clone() * w).sum().backward();
+    [
+        host(out),
+        host(q.grad(&grads).expect("dq")),
+        host(k.grad(&grads).expect("dk")),
+        host(v.grad(&grads).expect("dv")),
+    ]
+}
+
+fn attention_data(shape: [usize; 4], seed: u64) -> [Vec<f32>; 4] {
+    let n: usize = shape.iter().product();
+    [normal(n, seed), normal(n, seed + 1), normal(n, seed + 2), normal(n, seed + 3)]
+}
+
+/// Every sequence length of the issue, heads 3/6/24, batch 1 and 64.
+const ATTENTION_SHAPES: [[usize; 4]; 11] = [
+    [1, 3, 1, 64],
+    [1, 3, 17, 64],
+    [64, 3, 17, 64],
+    [1, 6, 65, 64],
+    [64, 6, 65, 64],
+    [64, 24, 1, 64],
+    [1, 24, 197, 64],
+    [2, 6, 257, 64],
+    [1, 3, 1370, 64],
+    [1, 3, 1374, 64],
+    [1, 24, 1374, 64],
+];
+
+fn check_attention(device: &Device) {
+    let cpu = ndarray_device();
+    for (i, &shape) in ATTENTION_SHAPES.iter().enumerate() {
+        let data = attention_data(shape, 100 + i as u64);
+        let want = attention_with_grads(&cpu, AttentionImpl::Reference, shape, &data);
+        let got = attention_with_grads(device, AttentionImpl::Fused, shape, &data);
+        for (name, (g, w)) in ["out", "dq", "dk", "dv"].iter().zip(got.iter().zip(&want)) {
+            let e = err(g, w);
+            eprintln!("{shape:?} {name}: max abs error {e:.2e}");
+            assert!(e <= 1e-4, "{shape:?} {name}: max abs error {e:.2e} > 1e-4");
+        }
+    }
+}
+
+#[test]
+fn fused_attention_and_its_gradients_match_the_reference_on_wgpu() {
+    check_attention(&wgpu_device());
+}
+
+#[test]
+fn fused_attention_and_its_gradients_match_the_reference_on_the_cpu_backend() {
+    // the hand-written backward formulas (autodiff impl) against burn's autodiff of the
+    // composed attention
+    check_attention(&ndarray_device());
+}
+
+#[test]
+fn fused_attention_runs_are_bit_identical_on_wgpu() {
+    let device = wgpu_device();
+    let shape = [2, 6, 257, 64];
+    let data = attention_data(shape, 7);
+    let first = attention_with_grads(&device, AttentionImpl::Fused, shape, &data);
+    for _ in 0..3 {
+        let again = attention_with_grads(&device, AttentionImpl::Fused, shape, &data);
+        assert_eq!(first, again, "a repeated run differs");
+    }
+}
+
+#[test]
+fn other_head_widths_fall_back_to_the_reference() {
+    let device = wgpu_device();
+    let shape = [1, 2, 33, 32];
+    let data = attention_data(shape, 11);
+    let want = attention_with_grads(&ndarray_device(), AttentionImpl::Reference, shape, &data);
+    let got = attention_with_grads(&device, AttentionImpl::Fused, shape, &data);
+    for (g, w) in got.iter().zip(&want) {
+        assert!(err(g, w) <= 1e-4);
+    }
+}
+
+#[test]
+fn fused_attention_in_f16_where_the_adapter_has_shader_f16() {
+    let device = wgpu_device();
+    let has_f16 = dinov2_wgpu::backend::adapters().iter().any(|a| a.shader_f16);
+    if !has_f16 {
+        eprintln!("adapter without shader-f16: f16 attention is not offered");
+        return;
+    }
+    assert!(device.supports_dtype(DType::F16), "the adapter has shader-f16 but burn offers no f16 tensors");
+    let shape = [2, 3, 197, 64];
+    let data = attention_data(shape, 21);
+    let [q, k, v] = [0, 1, 2].map(|i| tensor(&data[i], shape, &device).cast(DType::F16));
+    let out = kernels::attention(q, k, v, AttentionImpl::Fused);
+    assert_eq!(out.dtype(), DType::F16);
+    let cpu = ndarray_device();
+    let [q, k, v] = [0, 1, 2].map(|i| tensor(&data[i], shape, &cpu));
+    let want = host(kernels::attention_reference(q, k, v));
+    let e = err(&host(out.cast(DType::F32)), &want);
+    eprintln!("f16 attention: max abs error {e:.2e}");
+    assert!(e <= 1e-2, "f16 attention: max abs error {e:.2e}");
+}
+
+/// The official algorithm in f64 on the host (an oracle independent of burn): exp, global
+/// normalisation, then column and row normalisations; the max is subtracted first, which f64
+/// needs only for the large-logit case.
+fn sinkhorn_f64(t: &[f32], b: usize, k: usize, temperature: f64) -> Vec<f32> {
+    let top = t.iter().fold(f32::MIN, |a, &x| a.max(x)) as f64;
+    let mut q: Vec<f64> = t.iter().map(|&x| ((x as f64 - top) / temperature).exp()).collect();
+    let total: f64 = q.iter().sum();
+    q.iter_mut().for_each(|x| *x /= total);
+    for _ in 0..3 {
+        for c in 0..k {
+            let sum: f64 = (0..b).map(|r| q[r * k + c]).sum();
+            (0..b).for_each(|r| q[r * k + c] /= sum * k as f64);
+        }
+        for row in q.chunks_mut(k) {
+            let sum: f64 = row.iter().sum();
+            row.iter_mut().for_each(|x| *x /= sum * b as f64);
+        }
+    }
+    q.iter().map(|x| (x * b as f64) as f32).collect()
+}
+
+fn sinkhorn_case(b: usize, k: usize, spread: f32, temperature: f32, seed: u64) -> [Vec<f32>; 3] {
+    let logits: Vec<f32> = normal(b * k, seed).into_iter().map(|x| x * spread).collect();
+    let got = kernels::sinkhorn_knopp(tensor(&logits, [b, k], &wgpu_device()), temperature, 3);
+    let want = kernels::sinkhorn_knopp_reference(tensor(&logits, [b, k], &ndarray_device()), temperature, 3);
+    [host(got), host(want), sinkhorn_f64(&logits, b, k, temperature as f64)]
+}
+
+#[test]
+fn sinkhorn_knopp_matches_the_reference_on_wgpu() {
+    // (B, K, logit spread, τ); K = 131072 is the largest prototype count of the issue
+    for (b, k, spread, temperature) in
+        [(64, 1000, 1.0, 0.07), (7, 4099, 0.3, 0.04), (4, 65536, 1.0, 0.07), (3, 131072, 1.0, 0.07)]
+    {
+        let [got, want, exact] = sinkhorn_case(b, k, spread, temperature, (b * k) as u64);
+        let top = exact.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        for (what, value) in [("kernel", &got), ("reference", &want)] {
+            let e = err(value, &exact);
+            eprintln!(
+                "sinkhorn B={b} K={k}: {what} vs f64 official: max abs error {e:.2e}, relative {:.2e}",
+                e / top
+            );
+            assert!(
+                e <= 1e-4 * top,
+                "sinkhorn B={b} K={k}: {what}: max abs error {e:.2e} (values up to {top:.2e})"
+            );
+        }
+        let e = err(&got, &want);
+        assert!(e <= 1e-4 * top, "sinkhorn B={b} K={k}: kernel vs reference {e:.2e}");
+    }
+}
+
+#[test]
+fn sinkhorn_knopp_is_safe_for_large_logits() {
+    // logits up to ~±4000 at τ = 0.04: exp(t/τ) overflows f32 in the official formula (and
+    // underflows even f64 once the max is subtracted), so kernel and reference are compared
+    // with each other and with the properties of the result
+    let (b, k) = (16, 256);
+    let [got, want, _] = sinkhorn_case(b, k, 1000.0, 0.04, 9);
+    for (what, value) in [("kernel", &got), ("reference", &want)] {
+        assert!(value.iter().all(|x| x.is_finite()), "{what}: non-finite output");
+        for row in value.chunks(k) {
+            let sum: f32 = row.iter().sum();
+            assert!((sum - 1.0).abs() < 1e-3, "{what}: a row sums to {sum}");
+        }
+    }
+    let e = err(&got, &want);
+    eprintln!("sinkhorn large logits: kernel vs reference: max abs error {e:.2e}");
+    assert!(e <= 1e-3, "kernel vs reference: max abs error {e:.2e}");
+}
+
+#[test]
+fn sinkhorn_knopp_runs_are_bit_identical_on_wgpu() {
+    let logits = normal(128 * 2048, 3);
+    let device = wgpu_device();
+    let run = || host(kernels::sinkhorn_knopp(tensor(&logits, [128, 2048], &device), 0.07, 3));
+    let first = run();
+    for _ in 0..3 {
+        assert_eq!(first, run());
+    }
+}
+
+fn unit_rows(n: usize, d: usize, seed: u64) -> Vec<f32> {
+    let mut x = normal(n * d, seed);
+    for row in x.chunks_mut(d) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        row.iter_mut().for_each(|v| *v /= norm);
+    }
+    x
+}
+
+fn dot(x: &[f32], d: usize, i: usize, j: usize) -> f32 {
+    x[i * d..(i + 1) * d].iter().zip(&x[j * d..(j + 1) * d]).map(|(a, b)| a * b).sum()
+}
+
+#[test]
+fn koleo_nearest_is_exact_and_repeatable_on_wgpu() {
+    let device = wgpu_device();
+    let cpu = ndarray_device();
+    for (n, d) in [(2, 3), (17, 64), (256, 384), (300, 384), (1024, 384), (1030, 7)] {
+        let x = unit_rows(n, d, (n * d) as u64);
+        let want = host_int(kernels::koleo_nearest_reference(tensor(&x, [n, d], &cpu)));
+        let first = host_int(kernels::koleo_nearest(tensor(&x, [n, d], &device)));
+        for run in 0..4 {
+            let got = if run == 0 {
+                first.clone()
+            } else {
+                host_int(kernels::koleo_nearest(tensor(&x, [n, d], &device)))
+            };
+            assert_eq!(got, first, "n={n} d={d}: run {run} differs from the first");
+        }
+        let mut differ = 0;
+        for i in 0..n {
+            let (g, w) = (first[i] as usize, want[i] as usize);
+            assert!(g < n && g != i, "n={n} d={d}: row {i} got neighbour {g}");
+            if g != w {
+                // only a tie within rounding may pick another row
+                differ += 1;
+                let (sg, sw) = (dot(&x, d, i, g), dot(&x, d, i, w));
+                assert!((sg - sw).abs() <= 1e-5, "n={n} d={d}: row {i}: {g} ({sg}) vs reference {w} ({sw})");
+            }
+        }
+        eprintln!("koleo n={n} d={d}: {differ} near-ties resolved differently");
+    }
+}
+
+#[test]
+fn koleo_loss_matches_on_both_backends() {
+    let (n, d) = (64, 32);
+    let x = normal(n * d, 5);
+    let loss = |device: &Device| {
+        let ad = device.clone().autodiff();
+        let t = tensor(&x, [n, d], &ad).require_grad();
+        let l = kernels::koleo_loss(t.clone());
+        let grads = l.clone().backward();
+        (host(l), host(t.grad(&grads).unwrap()))
+    };
+    let (lw, gw) = loss(&wgpu_device());
+    let (lc, gc) = loss(&ndarray_device());
+    assert!(lw[0].is_finite() && err(&lw, &lc) <= 1e-4, "{lw:?} vs {lc:?}");
+    assert!(err(&gw, &gc) <= 1e-4);
+}
