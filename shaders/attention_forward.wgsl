@@ -1,13 +1,18 @@
-// Fused attention forward, FlashAttention-2 style: softmax(scale * Q Kᵀ) V without the N×N matrix.
+// Fused attention forward, FlashAttention-2 style: softmax(scale · Q Kᵀ) V without the N×N matrix.
 //
 // Layout: q, k, v, o are [BH, N, D] row-major (D = 64); lse is [BH, N] (f32), the row
 // log-sum-exp of the scaled scores, kept for the backward. One workgroup owns BR query rows of
 // one (batch, head), one invocation per row: the query row and its output accumulator live in
-// registers, K and V tiles of BC rows are staged in workgroup memory (2·BC·D·4 bytes = 8 KiB at
-// BC = 16, half of wgpu's default 16 KiB), and the softmax is accumulated online (running max m,
-// running sum l). Rows and keys past N are masked, so any N works.
+// registers (q0..q15, acc0..acc15: 16 vec4 each), K and V tiles of BC rows are staged in
+// workgroup memory (2·BC·D·4 bytes = 8 KiB at BC = 16, half of wgpu's default 16 KiB), and the
+// softmax is accumulated online (running max m, running sum l). Keys past N get the score NEG
+// and weigh exactly 0; rows past N compute but do not write, so any N works.
 //
-// Template slots: elem (f32 | f16: storage type, arithmetic is f32), enable ("enable f16;" or
+// The per-tile arithmetic is unrolled by the template (slots `unrolled_*`, generated in
+// src/kernels/shaders.rs): register arrays indexed in loops are spilled to memory by some
+// compilers (lavapipe's among them), named registers never are.
+//
+// Other slots: elem (f32 | f16: storage type, arithmetic is f32), enable ("enable f16;" or
 // empty), br (invocations = query rows per workgroup), bc (keys per tile).
 {{ enable }}
 
@@ -61,17 +66,16 @@ fn main(
     let live = bh < bh_count; // padding workgroups of the 2-D grid do no memory traffic
     let valid = live && row < n;
     let base = bh * n * D;
+    let at = base + row * D;
 
-    var qr: array<vec4<f32>, D4>;
-    var acc: array<vec4<f32>, D4>;
-    for (var c = 0u; c < D4; c++) {
-        acc[c] = vec4<f32>(0.0);
-        qr[c] = vec4<f32>(0.0);
-        if (valid) { qr[c] = load4_q(base + row * D + 4u * c) * scale; }
+    // q0..q15 (the scaled query row) and acc0..acc15, all zero
+    {{ unrolled_registers }}
+    if (valid) {
+        // qc = load4_q(at + 4c) * scale
+        {{ unrolled_load_q }}
     }
     var m = NEG;
     var l = 0.0;
-    var s: array<f32, BC>;
 
     for (var t = 0u; t < n; t += BC) {
         workgroupBarrier(); // everyone is done with the previous tile
@@ -80,44 +84,29 @@ fn main(
             var kv = vec4<f32>(0.0);
             var vv = vec4<f32>(0.0);
             if (live && key < n) {
-                let at = base + key * D + 4u * (e % D4);
-                kv = load4_k(at);
-                vv = load4_v(at);
+                let kat = base + key * D + 4u * (e % D4);
+                kv = load4_k(kat);
+                vv = load4_v(kat);
             }
             k_tile[e] = kv;
             v_tile[e] = vv;
         }
         workgroupBarrier();
 
-        let count = min(BC, n - t);
+        // sj = select(NEG, q · k_tile row j, t + j < n) for the BC keys; m_new = max(m, sj...)
         var m_new = m;
-        for (var j = 0u; j < count; j++) {
-            var dot_qk = 0.0;
-            for (var c = 0u; c < D4; c++) { dot_qk += dot(qr[c], k_tile[j * D4 + c]); }
-            s[j] = dot_qk;
-            m_new = max(m_new, dot_qk);
-        }
+        {{ unrolled_scores }}
         let correction = exp(m - m_new);
-        l = l * correction;
-        for (var c = 0u; c < D4; c++) { acc[c] = acc[c] * correction; }
-        for (var j = 0u; j < count; j++) {
-            let p = exp(s[j] - m_new);
-            l += p;
-            for (var c = 0u; c < D4; c++) { acc[c] += p * v_tile[j * D4 + c]; }
-        }
+        // pj = exp(sj - m_new); l = l · correction + Σ pj;
+        // accc = accc · correction + Σj pj · v_tile[j·D4 + c]
+        {{ unrolled_accumulate }}
         m = m_new;
     }
 
     if (valid) {
         let inv = 1.0 / l;
-        let at = base + row * D;
-        for (var c = 0u; c < D4; c++) {
-            let r = acc[c] * inv;
-            o[at + 4u * c] = {{ elem }}(r.x);
-            o[at + 4u * c + 1u] = {{ elem }}(r.y);
-            o[at + 4u * c + 2u] = {{ elem }}(r.z);
-            o[at + 4u * c + 3u] = {{ elem }}(r.w);
-        }
+        // o[at + 4c ..] = accc · inv
+        {{ unrolled_store }}
         lse[bh * n + row] = m + log(l);
     }
 }

@@ -143,6 +143,29 @@ pub struct InfoArgs {
 pub enum BenchCommand {
     /// Images per second of feature extraction on each backend, with the ratio to the first.
     Embed(BenchEmbedArgs),
+    /// The WGSL kernels against their composed references and burn's built-in attention:
+    /// median times, device memory, differences; a Markdown table and optionally JSON.
+    Kernels(BenchKernelsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchKernelsArgs {
+    /// Backend: wgpu (the kernels' home) or ndarray (where the kernels are the references).
+    #[arg(long, default_value = "wgpu")]
+    pub backend: String,
+    /// Timed runs per op after one warm-up; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Small shapes only (a smoke test of the command, not a measurement).
+    #[arg(long)]
+    pub quick: bool,
+    /// Also write the records as a JSON list to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Only these ops, comma-separated: attention_forward, attention_forward_backward,
+    /// sinkhorn, koleo.
+    #[arg(long, value_delimiter = ',')]
+    pub ops: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -172,6 +195,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Info(args) => info(args),
         Command::Presets { name } => presets(name),
         Command::Bench(BenchCommand::Embed(args)) => bench_embed(args),
+        Command::Bench(BenchCommand::Kernels(args)) => bench_kernels(args),
     }
 }
 
@@ -395,6 +419,30 @@ fn presets(name: Option<String>) -> Result<()> {
         let config = VitConfig::preset(&n)?;
         let json = serde_json::to_string_pretty(&config).expect("config serialises");
         println!("// {n}: {:.1}M parameters\n{json}", config.num_params() as f64 / 1e6);
+    }
+    Ok(())
+}
+
+fn bench_kernels(args: BenchKernelsArgs) -> Result<()> {
+    let kind = BackendKind::parse(&args.backend)?;
+    if let Some(path) = &args.json {
+        check_output_dir(path)?;
+    }
+    let device = backend::device(kind)?;
+    let options = crate::bench::KernelBenchOptions { runs: args.runs, quick: args.quick, ops: args.ops };
+    println!(
+        "kernel benchmark on {} ({}): median of {} runs after a warm-up{}",
+        backend::resolve(kind).name(),
+        backend::device_name(&device).unwrap_or_else(|| "CPU".into()),
+        args.runs,
+        if args.quick { " (quick shapes)" } else { "" }
+    );
+    println!("{}", crate::bench::TABLE_HEADER);
+    let records = crate::bench::bench_kernels(&device, &options, |r| println!("{}", crate::bench::table_row(r)))?;
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&records).map_err(|e| Error::Usage(format!("cannot encode JSON: {e}")))?;
+        crate::io::write_atomic(path, text.as_bytes())?;
+        println!("wrote {}", path.display());
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! - [`eval`]: PCA of patch features, patch matching; [`backend`]: devices and adapters.
 
 pub mod backend;
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;

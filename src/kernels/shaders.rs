@@ -52,11 +52,22 @@ impl Shader {
     pub fn template(self) -> SourceTemplate {
         let elem = |f16: bool| if f16 { ("f16", "enable f16;") } else { ("f32", "") };
         match self {
-            Shader::AttentionForward { f16 }
-            | Shader::AttentionBackwardDq { f16 }
+            Shader::AttentionForward { f16 } => {
+                let (ty, enable) = elem(f16);
+                SourceTemplate::new(ATTENTION_FORWARD)
+                    .register("elem", ty)
+                    .register("enable", enable)
+                    .register("br", ATTENTION_ROWS.to_string())
+                    .register("bc", ATTENTION_TILE.to_string())
+                    .register("unrolled_registers", forward_registers())
+                    .register("unrolled_load_q", forward_load_q())
+                    .register("unrolled_scores", forward_scores())
+                    .register("unrolled_accumulate", forward_accumulate())
+                    .register("unrolled_store", store_rows("o", "acc", "inv", ty))
+            }
+            Shader::AttentionBackwardDq { f16 }
             | Shader::AttentionBackwardDkDv { f16 } => {
                 let source = match self {
-                    Shader::AttentionForward { .. } => ATTENTION_FORWARD,
                     Shader::AttentionBackwardDq { .. } => ATTENTION_BACKWARD_DQ,
                     _ => ATTENTION_BACKWARD,
                 };
@@ -85,4 +96,66 @@ impl Shader {
 /// The WGSL text of a kernel variant, every slot filled.
 pub fn expand(shader: Shader) -> String {
     shader.template().complete()
+}
+
+// Unrolled code for the attention templates. A row of 64 is 16 vec4 registers named
+// `{prefix}0` .. `{prefix}15`; key j of a tile is `k_tile[j·16 + c]`.
+
+const D4: usize = 16;
+
+fn k_at(j: usize, c: usize) -> String {
+    format!("k_tile[{}u]", j * D4 + c)
+}
+
+fn v_at(j: usize, c: usize) -> String {
+    format!("v_tile[{}u]", j * D4 + c)
+}
+
+fn lines(items: impl Iterator<Item = String>) -> String {
+    items.collect::<Vec<_>>().join("\n    ")
+}
+
+fn forward_registers() -> String {
+    lines((0..D4).map(|c| format!("var q{c} = vec4<f32>(0.0);\n    var acc{c} = vec4<f32>(0.0);")))
+}
+
+fn forward_load_q() -> String {
+    lines((0..D4).map(|c| format!("q{c} = load4_q(at + {}u) * scale;", 4 * c)))
+}
+
+/// `q · k_tile[row j]` as a sum of 16 vec4 dots.
+fn dot_row(reg: &str, j: usize) -> String {
+    (0..D4).map(|c| format!("dot({reg}{c}, {})", k_at(j, c))).collect::<Vec<_>>().join(" + ")
+}
+
+fn forward_scores() -> String {
+    let tile = ATTENTION_TILE as usize;
+    lines((0..tile).map(|j| {
+        format!("let s{j} = select(NEG, {}, t + {j}u < n);\n    m_new = max(m_new, s{j});", dot_row("q", j))
+    }))
+}
+
+fn forward_accumulate() -> String {
+    let tile = ATTENTION_TILE as usize;
+    let mut out: Vec<String> = (0..tile).map(|j| format!("let p{j} = exp(s{j} - m_new);")).collect();
+    out.push(format!("l = l * correction + {};", (0..tile).map(|j| format!("p{j}")).collect::<Vec<_>>().join(" + ")));
+    for c in 0..D4 {
+        let terms = (0..tile).map(|j| format!("p{j} * {}", v_at(j, c))).collect::<Vec<_>>().join(" + ");
+        out.push(format!("acc{c} = acc{c} * correction + {terms};"));
+    }
+    out.join("\n    ")
+}
+
+/// Write registers `{reg}0..15` times `factor` to row `at` of `buffer` as `elem`.
+fn store_rows(buffer: &str, reg: &str, factor: &str, elem: &str) -> String {
+    lines((0..D4).map(|c| {
+        let base = 4 * c;
+        format!(
+            "{{ let r = {reg}{c} * {factor}; {buffer}[at + {base}u] = {elem}(r.x); {buffer}[at + {}u] = {elem}(r.y); \
+             {buffer}[at + {}u] = {elem}(r.z); {buffer}[at + {}u] = {elem}(r.w); }}",
+            base + 1,
+            base + 2,
+            base + 3
+        )
+    }))
 }

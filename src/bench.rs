@@ -1,0 +1,310 @@
+//! `dinov2 bench kernels`: the WGSL kernels against their composed references (and burn's
+//! built-in attention for the forward), timed on one device in one run: medians of several
+//! runs after a warm-up that compiles (and autotunes) every kernel, device memory per op, and
+//! the largest difference of the results.
+
+use std::time::Instant;
+
+use burn::tensor::module::attention as builtin_attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Device, Distribution, Int, Tensor};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::error::{Error, Result};
+use crate::kernels::{self, AttentionImpl};
+
+/// One measured op, as written by `--json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Record {
+    /// `attention_forward`, `attention_forward_backward`, `sinkhorn` or `koleo`.
+    pub op: String,
+    pub shape: serde_json::Value,
+    /// Median milliseconds of the WGSL kernel (through burn, synchronised).
+    pub fused_ms: f64,
+    /// Median milliseconds of the composed reference on the same device.
+    pub reference_ms: f64,
+    /// Median milliseconds of burn's built-in attention (attention forward only).
+    pub builtin_ms: Option<f64>,
+    /// Device memory the op reserved beyond what was reserved before it (inputs excluded),
+    /// where the backend reports its pools (wgpu); `None` on ndarray.
+    pub fused_peak_bytes: Option<u64>,
+    pub reference_peak_bytes: Option<u64>,
+    /// Largest |fused − reference| of the outputs (and gradients); for KoLeo, of the
+    /// similarity of the chosen neighbours.
+    pub max_abs_diff: f32,
+    pub runs: usize,
+}
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct KernelBenchOptions {
+    /// Timed runs per op (the median is reported), after one warm-up run.
+    pub runs: usize,
+    /// Small shapes only: a smoke test of the command, not a measurement.
+    pub quick: bool,
+    /// Only these ops (all when empty).
+    pub ops: Vec<String>,
+}
+
+fn sync(device: &Device) -> Result<()> {
+    device.sync().map_err(|e| Error::Device(format!("the device failed during the benchmark: {e}")))
+}
+
+/// Median milliseconds of `runs` calls of `f` after one warm-up call, and the last result.
+fn time<T>(device: &Device, runs: usize, f: impl Fn() -> T) -> Result<(f64, T)> {
+    let mut last = f();
+    sync(device)?;
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        drop(last);
+        let start = Instant::now();
+        last = f();
+        sync(device)?;
+        samples.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok((samples[samples.len() / 2], last))
+}
+
+/// Device memory reserved by one call of `f` (its results kept alive until measured).
+fn peak<T>(device: &Device, f: impl Fn() -> T) -> Result<Option<u64>> {
+    device.memory_cleanup();
+    let before = device.memory_pool_usage().map(|u| u.bytes_reserved);
+    let result = f();
+    sync(device)?;
+    let after = device.memory_pool_usage().map(|u| u.bytes_reserved);
+    drop(result);
+    device.memory_cleanup();
+    Ok(before.zip(after).map(|(b, a)| a.saturating_sub(b)))
+}
+
+fn host<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    crate::features::to_host(t)
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| if (x - y).is_nan() { f32::INFINITY } else { (x - y).abs() }).fold(0.0, f32::max)
+}
+
+fn random<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
+    Tensor::random(shape, Distribution::Normal(0.0, 1.0), device)
+}
+
+fn attention_forward(device: &Device, shape: [usize; 4], runs: usize) -> Result<Record> {
+    let [q, k, v] = [0, 1, 2].map(|_| random(shape, device));
+    let fused = || kernels::attention(q.clone(), k.clone(), v.clone(), AttentionImpl::Fused);
+    let reference = || kernels::attention_reference(q.clone(), k.clone(), v.clone());
+    let builtin = || builtin_attention(q.clone(), k.clone(), v.clone(), None, None, AttentionModuleOptions::default());
+    let (fused_ms, out_fused) = time(device, runs, fused)?;
+    let (reference_ms, out_reference) = time(device, runs, reference)?;
+    let (builtin_ms, out_builtin) = time(device, runs, builtin)?;
+    let (f, r, b) = (host(out_fused)?, host(out_reference)?, host(out_builtin)?);
+    Ok(Record {
+        op: "attention_forward".into(),
+        shape: json!({"B": shape[0], "H": shape[1], "N": shape[2], "d": shape[3]}),
+        fused_ms,
+        reference_ms,
+        builtin_ms: Some(builtin_ms),
+        fused_peak_bytes: peak(device, fused)?,
+        reference_peak_bytes: peak(device, reference)?,
+        max_abs_diff: max_diff(&f, &r).max(max_diff(&b, &r)),
+        runs,
+    })
+}
+
+fn attention_forward_backward(device: &Device, shape: [usize; 4], runs: usize) -> Result<Record> {
+    let ad = device.clone().autodiff();
+    let [q, k, v, w] = [0, 1, 2, 3].map(|_| random(shape, &ad));
+    let run = |which: AttentionImpl| {
+        let (q, k, v) = (q.clone().require_grad(), k.clone().require_grad(), v.clone().require_grad());
+        let out = kernels::attention(q.clone(), k.clone(), v.clone(), which);
+        let grads = (out * w.clone()).sum().backward();
+        [q.grad(&grads), k.grad(&grads), v.grad(&grads)]
+    };
+    let (fused_ms, g_fused) = time(device, runs, || run(AttentionImpl::Fused))?;
+    let (reference_ms, g_reference) = time(device, runs, || run(AttentionImpl::Reference))?;
+    let mut diff = 0.0f32;
+    for (a, b) in g_fused.into_iter().zip(g_reference) {
+        let (a, b) = (a.ok_or_else(|| missing_grad())?, b.ok_or_else(|| missing_grad())?);
+        diff = diff.max(max_diff(&host(a)?, &host(b)?));
+    }
+    Ok(Record {
+        op: "attention_forward_backward".into(),
+        shape: json!({"B": shape[0], "H": shape[1], "N": shape[2], "d": shape[3]}),
+        fused_ms,
+        reference_ms,
+        builtin_ms: None,
+        fused_peak_bytes: peak(device, || run(AttentionImpl::Fused))?,
+        reference_peak_bytes: peak(device, || run(AttentionImpl::Reference))?,
+        max_abs_diff: diff,
+        runs,
+    })
+}
+
+/// Fused against composed forward+backward at a long sequence: one run each, its device memory
+/// and its time (including kernel compilation, which a warm-up would double on a slow adapter).
+fn attention_forward_backward_memory(device: &Device, shape: [usize; 4]) -> Result<Record> {
+    let ad = device.clone().autodiff();
+    let [q, k, v, w] = [0, 1, 2, 3].map(|_| random(shape, &ad));
+    let run = |which: AttentionImpl| {
+        let (q, k, v) = (q.clone().require_grad(), k.clone().require_grad(), v.clone().require_grad());
+        let out = kernels::attention(q.clone(), k.clone(), v.clone(), which);
+        let grads = (out * w.clone()).sum().backward();
+        [q.grad(&grads), k.grad(&grads), v.grad(&grads)].map(|g| g.ok_or_else(missing_grad))
+    };
+    let measure = |which: AttentionImpl| -> Result<(f64, Option<u64>, Vec<Vec<f32>>)> {
+        device.memory_cleanup();
+        let before = device.memory_pool_usage().map(|u| u.bytes_reserved);
+        let start = Instant::now();
+        let grads = run(which);
+        sync(device)?;
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        let after = device.memory_pool_usage().map(|u| u.bytes_reserved);
+        let grads = grads.into_iter().map(|g| host(g?)).collect::<Result<Vec<_>>>()?;
+        device.memory_cleanup();
+        Ok((ms, before.zip(after).map(|(b, a)| a.saturating_sub(b)), grads))
+    };
+    let (fused_ms, fused_peak_bytes, a) = measure(AttentionImpl::Fused)?;
+    let (reference_ms, reference_peak_bytes, b) = measure(AttentionImpl::Reference)?;
+    let diff = a.iter().zip(&b).map(|(a, b)| max_diff(a, b)).fold(0.0, f32::max);
+    Ok(Record {
+        op: "attention_forward_backward".into(),
+        shape: json!({"B": shape[0], "H": shape[1], "N": shape[2], "d": shape[3]}),
+        fused_ms,
+        reference_ms,
+        builtin_ms: None,
+        fused_peak_bytes,
+        reference_peak_bytes,
+        max_abs_diff: diff,
+        runs: 1,
+    })
+}
+
+fn missing_grad() -> Error {
+    Error::Device("autodiff returned no gradient for an attention input".into())
+}
+
+fn sinkhorn(device: &Device, b: usize, k: usize, runs: usize) -> Result<Record> {
+    let logits = random([b, k], device);
+    let fused = || kernels::sinkhorn_knopp(logits.clone(), 0.07, 3);
+    let reference = || kernels::sinkhorn_knopp_reference(logits.clone(), 0.07, 3);
+    let (fused_ms, a) = time(device, runs, fused)?;
+    let (reference_ms, r) = time(device, runs, reference)?;
+    Ok(Record {
+        op: "sinkhorn".into(),
+        shape: json!({"B": b, "K": k, "iterations": 3}),
+        fused_ms,
+        reference_ms,
+        builtin_ms: None,
+        fused_peak_bytes: peak(device, fused)?,
+        reference_peak_bytes: peak(device, reference)?,
+        max_abs_diff: max_diff(&host(a)?, &host(r)?),
+        runs,
+    })
+}
+
+fn koleo(device: &Device, n: usize, d: usize, runs: usize) -> Result<Record> {
+    let x = random([n, d], device);
+    let x = x.clone() / x.square().sum_dim(1).sqrt();
+    let fused = || kernels::koleo_nearest(x.clone());
+    let reference = || kernels::koleo_nearest_reference(x.clone());
+    let (fused_ms, a) = time(device, runs, fused)?;
+    let (reference_ms, r) = time(device, runs, reference)?;
+    // similarity of each chosen neighbour
+    let similarity = |idx: Tensor<1, Int>| (x.clone() * x.clone().select(0, idx)).sum_dim(1);
+    let diff = max_diff(&host(similarity(a))?, &host(similarity(r))?);
+    Ok(Record {
+        op: "koleo".into(),
+        shape: json!({"n": n, "d": d}),
+        fused_ms,
+        reference_ms,
+        builtin_ms: None,
+        fused_peak_bytes: peak(device, fused)?,
+        reference_peak_bytes: peak(device, reference)?,
+        max_abs_diff: diff,
+        runs,
+    })
+}
+
+/// Run every measurement of the issue on `device`, reporting each record as it completes.
+pub fn bench_kernels(
+    device: &Device,
+    options: &KernelBenchOptions,
+    mut report: impl FnMut(&Record),
+) -> Result<Vec<Record>> {
+    if options.runs == 0 {
+        return Err(Error::Usage("--runs must be at least 1".into()));
+    }
+    let runs = options.runs;
+    const OPS: [&str; 4] = ["attention_forward", "attention_forward_backward", "sinkhorn", "koleo"];
+    if let Some(bad) = options.ops.iter().find(|op| !OPS.contains(&op.as_str())) {
+        return Err(Error::Usage(format!("unknown op `{bad}`: expected one of {}", OPS.join(", "))));
+    }
+    let wanted = |op: &str| options.ops.is_empty() || options.ops.iter().any(|o| o == op);
+    let mut records = Vec::new();
+    let mut push = |r: Record| {
+        report(&r);
+        records.push(r);
+    };
+    let (small, large, memory) = if options.quick {
+        ([1, 3, 65, 64], [1, 3, 512, 64], [1, 3, 512, 64])
+    } else {
+        ([8, 6, 257, 64], [2, 6, 1370, 64], [1, 6, 4096, 64])
+    };
+    if wanted("attention_forward") {
+        for shape in [small, large] {
+            push(attention_forward(device, shape, runs)?);
+        }
+    }
+    if wanted("attention_forward_backward") {
+        for shape in [small, large] {
+            push(attention_forward_backward(device, shape, runs)?);
+        }
+        // the memory target: one run of each (its time includes compiling the kernels)
+        push(attention_forward_backward_memory(device, memory)?);
+    }
+    let (b, k, n, d) = if options.quick { (8, 1024, 128, 64) } else { (512, 65536, 1024, 384) };
+    if wanted("sinkhorn") {
+        push(sinkhorn(device, b, k, runs)?);
+    }
+    if wanted("koleo") {
+        push(koleo(device, n, d, runs)?);
+    }
+    Ok(records)
+}
+
+fn megabytes(bytes: Option<u64>) -> String {
+    bytes.map_or("-".into(), |b| format!("{:.1}", b as f64 / (1 << 20) as f64))
+}
+
+/// A table row for a record: timings, speed-ups, memory and the check.
+pub fn table_row(r: &Record) -> String {
+    let shape = r
+        .shape
+        .as_object()
+        .map(|o| o.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    let builtin = r.builtin_ms.map_or("-".into(), |b| format!("{b:.2}"));
+    let vs_builtin = r.builtin_ms.map_or("-".into(), |b| format!("{:.2}x", b / r.fused_ms));
+    let memory = match (r.fused_peak_bytes, r.reference_peak_bytes) {
+        (Some(f), Some(p)) if f > 0 => format!("{:.1}x", p as f64 / f as f64),
+        _ => "-".into(),
+    };
+    format!(
+        "| {} | {} | {:.2} | {:.2} | {} | {:.2}x | {} | {} | {} | {} | {:.1e} |",
+        r.op,
+        shape,
+        r.fused_ms,
+        r.reference_ms,
+        builtin,
+        r.reference_ms / r.fused_ms,
+        vs_builtin,
+        megabytes(r.fused_peak_bytes),
+        megabytes(r.reference_peak_bytes),
+        memory,
+        r.max_abs_diff
+    )
+}
+
+pub const TABLE_HEADER: &str = "| op | shape | fused ms | reference ms | built-in ms | vs reference | vs built-in | fused MiB | reference MiB | memory ratio | max diff |\n|---|---|---|---|---|---|---|---|---|---|---|";
