@@ -3,9 +3,9 @@
 // the same order, so the result is the same on every run.
 //
 // PASS 0, a small GEMM with an argmax epilogue: workgroup (row tile r, column group g) of 8×8
-// invocations owns TI = 64 rows and sweeps the `span` column tiles of TJ = 64 rows of group g;
-// each invocation accumulates an 8×8 block of dot products over d in chunks of DK = 16 staged
-// in workgroup memory (two 64×16 f32 tiles = 8 KiB) and keeps, per row it owns, the best
+// invocations owns T = 8·M rows and sweeps the `span` column tiles of T rows of group g (M = 8:
+// 64 rows); each invocation accumulates an M×M block of dot products over d in chunks of DK = 16
+// staged in workgroup memory (two 64×16 f32 tiles = 8 KiB at M = 8) and keeps, per row it owns, the best
 // (value, index). The eight invocations sharing a row reduce their candidates through workgroup
 // memory (4 KiB) and write one partial per (row, group). Splitting the columns into groups
 // keeps every workgroup short: on lavapipe a single workgroup sweeping all columns (n = 1024,
@@ -21,15 +21,16 @@
 @group(0) @binding(4) var<storage, read_write> info: array<u32>;
 
 const PASS: u32 = {{ pass }}u;
-const T: u32 = 64u;  // rows per tile (both sides)
+const T: u32 = {{ tile }}u; // rows per tile (both sides) = 8 · M
 const DK: u32 = 16u; // d per chunk
-const M: u32 = 8u;   // rows and columns per invocation
+const M: u32 = {{ micro }}u; // rows and columns per invocation
+const TX: u32 = 8u; // invocations per row group (workgroup 8 × 8)
 const NEG: f32 = -3.0e38;
 
 var<workgroup> a_tile: array<f32, DK * T>; // [kk][row]
 var<workgroup> b_tile: array<f32, DK * T>; // [kk][col]
-var<workgroup> best_val: array<f32, T * M>; // [row][tx]
-var<workgroup> best_idx: array<u32, T * M>;
+var<workgroup> best_val: array<f32, T * TX>; // [row][tx]
+var<workgroup> best_idx: array<u32, T * TX>;
 var<workgroup> dims_uniform: vec4<u32>;
 
 @compute @workgroup_size(8, 8, 1)
@@ -77,7 +78,7 @@ fn main(
     for (var r = 0u; r < M; r++) { best[r] = NEG; best_j[r] = 0xffffffffu; }
 
     for (var j0 = j_begin; j0 < j_end; j0 += T) {
-        var acc: array<f32, 64>; // [r * M + c]
+        var acc: array<f32, M * M>; // [r * M + c]
         for (var e = 0u; e < M * M; e++) { acc[e] = 0.0; }
 
         for (var k0 = 0u; k0 < d; k0 += DK) {
@@ -120,18 +121,18 @@ fn main(
     }
 
     for (var r = 0u; r < M; r++) {
-        best_val[(ty * M + r) * M + tx] = best[r];
-        best_idx[(ty * M + r) * M + tx] = best_j[r];
+        best_val[(ty * M + r) * TX + tx] = best[r];
+        best_idx[(ty * M + r) * TX + tx] = best_j[r];
     }
     workgroupBarrier();
-    let row = lid; // 64 invocations, 64 rows
+    let row = lid; // one invocation per row of the tile
     let i = i0 + row;
-    if (i < n) {
-        var v = best_val[row * M];
-        var j = best_idx[row * M];
-        for (var t = 1u; t < M; t++) {
-            let cv = best_val[row * M + t];
-            let cj = best_idx[row * M + t];
+    if (row < T && i < n) {
+        var v = best_val[row * TX];
+        var j = best_idx[row * TX];
+        for (var t = 1u; t < TX; t++) {
+            let cv = best_val[row * TX + t];
+            let cj = best_idx[row * TX + t];
             if (cv > v || (cv == v && cj < j)) {
                 v = cv;
                 j = cj;

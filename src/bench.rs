@@ -84,7 +84,10 @@ fn host<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| if (x - y).is_nan() { f32::INFINITY } else { (x - y).abs() }).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| if (x - y).is_nan() { f32::INFINITY } else { (x - y).abs() })
+        .fold(0.0, f32::max)
 }
 
 fn random<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
@@ -95,7 +98,8 @@ fn attention_forward(device: &Device, shape: [usize; 4], runs: usize) -> Result<
     let [q, k, v] = [0, 1, 2].map(|_| random(shape, device));
     let fused = || kernels::attention(q.clone(), k.clone(), v.clone(), AttentionImpl::Fused);
     let reference = || kernels::attention_reference(q.clone(), k.clone(), v.clone());
-    let builtin = || builtin_attention(q.clone(), k.clone(), v.clone(), None, None, AttentionModuleOptions::default());
+    let builtin =
+        || builtin_attention(q.clone(), k.clone(), v.clone(), None, None, AttentionModuleOptions::default());
     let (fused_ms, out_fused) = time(device, runs, fused)?;
     let (reference_ms, out_reference) = time(device, runs, reference)?;
     let (builtin_ms, out_builtin) = time(device, runs, builtin)?;
@@ -288,7 +292,7 @@ pub fn table_row(r: &Record) -> String {
     let builtin = r.builtin_ms.map_or("-".into(), |b| format!("{b:.2}"));
     let vs_builtin = r.builtin_ms.map_or("-".into(), |b| format!("{:.2}x", b / r.fused_ms));
     let memory = match (r.fused_peak_bytes, r.reference_peak_bytes) {
-        (Some(f), Some(p)) if f > 0 => format!("{:.1}x", p as f64 / f as f64),
+        (Some(f), Some(p)) if f > 0 && p > 0 => format!("{:.1}x", p as f64 / f as f64),
         _ => "-".into(),
     };
     format!(

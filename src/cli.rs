@@ -438,9 +438,11 @@ fn bench_kernels(args: BenchKernelsArgs) -> Result<()> {
         if args.quick { " (quick shapes)" } else { "" }
     );
     println!("{}", crate::bench::TABLE_HEADER);
-    let records = crate::bench::bench_kernels(&device, &options, |r| println!("{}", crate::bench::table_row(r)))?;
+    let records =
+        crate::bench::bench_kernels(&device, &options, |r| println!("{}", crate::bench::table_row(r)))?;
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&records).map_err(|e| Error::Usage(format!("cannot encode JSON: {e}")))?;
+        let text = serde_json::to_string_pretty(&records)
+            .map_err(|e| Error::Usage(format!("cannot encode JSON: {e}")))?;
         crate::io::write_atomic(path, text.as_bytes())?;
         println!("wrote {}", path.display());
     }

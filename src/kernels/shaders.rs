@@ -17,6 +17,9 @@ pub const ATTENTION_ROWS: u32 = 64;
 pub const ATTENTION_TILE: u32 = 16;
 /// Invocations per workgroup of the Sinkhorn-Knopp passes and the delta pass.
 pub const REDUCE_WG: u32 = 256;
+/// Rows and columns of dot products per KoLeo invocation; a workgroup (8 × 8) covers a tile of
+/// 8 · KOLEO_MICRO rows against as many columns.
+pub const KOLEO_MICRO: usize = 8;
 /// Barrier rounds (column tiles of 64 × chunks of 16 of d) one KoLeo workgroup runs at most.
 pub const KOLEO_TILE_BUDGET: usize = 64;
 /// Sinkhorn-Knopp passes: column scalings, row scalings, output.
@@ -65,8 +68,7 @@ impl Shader {
                     .register("unrolled_accumulate", forward_accumulate())
                     .register("unrolled_store", store_rows("o", "acc", "inv", ty))
             }
-            Shader::AttentionBackwardDq { f16 }
-            | Shader::AttentionBackwardDkDv { f16 } => {
+            Shader::AttentionBackwardDq { f16 } | Shader::AttentionBackwardDkDv { f16 } => {
                 let source = match self {
                     Shader::AttentionBackwardDq { .. } => ATTENTION_BACKWARD_DQ,
                     _ => ATTENTION_BACKWARD,
@@ -88,7 +90,10 @@ impl Shader {
             Shader::Sinkhorn { pass } => SourceTemplate::new(SINKHORN)
                 .register("pass", pass.to_string())
                 .register("wg", REDUCE_WG.to_string()),
-            Shader::Koleo { pass } => SourceTemplate::new(KOLEO).register("pass", pass.to_string()),
+            Shader::Koleo { pass } => SourceTemplate::new(KOLEO)
+                .register("pass", pass.to_string())
+                .register("micro", KOLEO_MICRO.to_string())
+                .register("tile", (8 * KOLEO_MICRO).to_string()),
         }
     }
 }
@@ -138,7 +143,10 @@ fn forward_scores() -> String {
 fn forward_accumulate() -> String {
     let tile = ATTENTION_TILE as usize;
     let mut out: Vec<String> = (0..tile).map(|j| format!("let p{j} = exp(s{j} - m_new);")).collect();
-    out.push(format!("l = l * correction + {};", (0..tile).map(|j| format!("p{j}")).collect::<Vec<_>>().join(" + ")));
+    out.push(format!(
+        "l = l * correction + {};",
+        (0..tile).map(|j| format!("p{j}")).collect::<Vec<_>>().join(" + ")
+    ));
     for c in 0..D4 {
         let terms = (0..tile).map(|j| format!("p{j} * {}", v_at(j, c))).collect::<Vec<_>>().join(" + ");
         out.push(format!("acc{c} = acc{c} * correction + {terms};"));

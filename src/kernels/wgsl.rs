@@ -11,7 +11,7 @@ use burn::cubecl::server::{Handle, KernelArguments};
 use burn::tensor::{DType, Shape};
 
 use super::KernelOps;
-use super::shaders::{ATTENTION_ROWS, KOLEO_TILE_BUDGET, REDUCE_WG, Shader};
+use super::shaders::{ATTENTION_ROWS, KOLEO_MICRO, KOLEO_TILE_BUDGET, REDUCE_WG, Shader};
 
 /// One launchable variant.
 #[derive(Debug)]
@@ -224,7 +224,7 @@ impl KernelOps for CubeBackend {
         let nearest = empty(&x, Shape::new([n]), DType::I32);
         if n > 0 {
             // bound each workgroup's sweep (barrier rounds = span · ceil(d / 16)), then reduce
-            let tiles = n.div_ceil(64);
+            let tiles = n.div_ceil(8 * KOLEO_MICRO);
             let chunks = d.div_ceil(16).max(1);
             let span = (KOLEO_TILE_BUDGET / chunks).clamp(1, tiles);
             let groups = tiles.div_ceil(span);
@@ -233,7 +233,7 @@ impl KernelOps for CubeBackend {
             let params = info(&x, &[n as u32, d as u32, groups as u32, span as u32]);
             let buffers = vec![x.handle.clone(), part_val, part_idx, nearest.handle.clone(), params];
             launch(&x, Shader::Koleo { pass: 0 }, CubeDim::new_2d(8, 8), tiles * groups, buffers.clone());
-            launch(&x, Shader::Koleo { pass: 1 }, CubeDim::new_2d(8, 8), tiles, buffers);
+            launch(&x, Shader::Koleo { pass: 1 }, CubeDim::new_2d(8, 8), n.div_ceil(64), buffers);
         }
         nearest
     }

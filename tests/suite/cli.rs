@@ -321,3 +321,46 @@ fn native_size_crops_to_the_patch_grid_with_a_warning() {
     );
     assert_eq!(read_tensor(&out, "patch").0, vec![1, 3, 3, 128]);
 }
+
+#[test]
+fn bench_kernels_writes_the_json_records() {
+    let dir = Scratch::new("bench-kernels");
+    let json = dir.join("kernels.json");
+    let run = dinov2(&[
+        "bench",
+        "kernels",
+        "--quick",
+        "--runs",
+        "1",
+        "--ops",
+        "sinkhorn,koleo",
+        "--json",
+        s(&json),
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.contains("| sinkhorn |") && stdout.contains("| koleo |"), "{stdout}");
+    let records: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let records = records.as_array().expect("a list");
+    assert_eq!(records.len(), 2);
+    for r in records {
+        for field in [
+            "op",
+            "shape",
+            "fused_ms",
+            "reference_ms",
+            "builtin_ms",
+            "fused_peak_bytes",
+            "reference_peak_bytes",
+        ] {
+            assert!(r.get(field).is_some(), "{field} missing in {r}");
+        }
+        assert!(r["fused_ms"].as_f64().unwrap() > 0.0 && r["reference_ms"].as_f64().unwrap() > 0.0);
+        assert!(r["builtin_ms"].is_null());
+        assert!(r["max_abs_diff"].as_f64().unwrap() <= 1e-4, "{r}");
+    }
+    let bad = dinov2(&["bench", "kernels", "--ops", "conv"]);
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("unknown op `conv`") && stderr.lines().count() == 1, "{stderr}");
+}

@@ -12,8 +12,22 @@ pub fn fixtures() -> PathBuf {
 /// The wgpu device; the software adapter (lavapipe) is part of the test setup (`.ci/run`),
 /// so its absence is a failure, not a skip.
 pub fn wgpu_device() -> Device {
+    minimal_autotuning();
     dinov2_wgpu::backend::device(dinov2_wgpu::backend::BackendKind::Wgpu)
         .unwrap_or_else(|e| panic!("wgpu device needed for this test: {e}"))
+}
+
+/// Tests keep autotuning to its minimum: each new shape would otherwise time many kernel
+/// candidates on the slow software adapter.
+fn minimal_autotuning() {
+    use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig, autotune::AutotuneLevel};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut config = CubeClRuntimeConfig::default();
+        config.autotune.level = AutotuneLevel::Minimal;
+        // false where cubecl already read its configuration: then autotuning stays as it was
+        let _ = CubeClRuntimeConfig::try_set(config);
+    });
 }
 
 pub fn ndarray_device() -> Device {
