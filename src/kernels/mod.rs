@@ -113,8 +113,8 @@ fn koleo_meta(x: &TensorSpec) -> TensorSpec {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttentionImpl {
     /// The extension op: WGSL on wgpu, the reference forward/backward formulas on ndarray,
-    /// with the hand-written backward under autodiff. Head width 64 only; other widths use
-    /// [`AttentionImpl::Reference`].
+    /// with the hand-written backward under autodiff. Head width 64 and f32/f16 only; other
+    /// widths and element types use [`AttentionImpl::Reference`].
     Fused,
     /// [`attention_reference`]: composed burn ops, differentiated by burn's autodiff.
     Reference,
@@ -123,7 +123,8 @@ pub enum AttentionImpl {
 /// `softmax(q kᵀ / sqrt(d)) v` for q, k, v `[B, H, N, d]` through the chosen implementation.
 pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, which: AttentionImpl) -> Tensor<4> {
     let [_, _, n, d] = q.dims();
-    if which == AttentionImpl::Reference || d != HEAD_DIM || n == 0 {
+    let kernel_dtype = matches!(q.dtype(), DType::F32 | DType::F16);
+    if which == AttentionImpl::Reference || d != HEAD_DIM || n == 0 || !kernel_dtype {
         return attention_reference(q, k, v);
     }
     let scale = (d as f32).powf(-0.5);
@@ -134,40 +135,6 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, which: AttentionImpl)
         v.into_dispatch(),
         scale,
     ))
-}
-
-/// The forward with its log-sum-exp, `(out, lse)`, through the extension op (head width 64).
-pub fn attention_forward(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<3>) {
-    let scale = (q.dims()[3] as f32).powf(-0.5);
-    let (o, lse) = <Dispatch as KernelOps>::attention_forward(
-        q.into_dispatch(),
-        k.into_dispatch(),
-        v.into_dispatch(),
-        scale,
-    );
-    (Tensor::from_dispatch(o), Tensor::from_dispatch(lse))
-}
-
-/// The backward through the extension op: `(dq, dk, dv)`.
-pub fn attention_backward(
-    q: Tensor<4>,
-    k: Tensor<4>,
-    v: Tensor<4>,
-    out: Tensor<4>,
-    lse: Tensor<3>,
-    dout: Tensor<4>,
-) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
-    let scale = (q.dims()[3] as f32).powf(-0.5);
-    let (dq, dk, dv) = <Dispatch as KernelOps>::attention_backward(
-        q.into_dispatch(),
-        k.into_dispatch(),
-        v.into_dispatch(),
-        out.into_dispatch(),
-        lse.into_dispatch(),
-        dout.into_dispatch(),
-        scale,
-    );
-    (Tensor::from_dispatch(dq), Tensor::from_dispatch(dk), Tensor::from_dispatch(dv))
 }
 
 /// Query rows per chunk such that a `[B, H, rows, N]` score block stays under
@@ -196,12 +163,18 @@ fn by_query_chunks<const D: usize>(
 /// `[B, H, n, N]` score matrix materialised for chunks of query rows small enough that no block
 /// exceeds [`MAX_SCORE_ELEMENTS`]; each row is computed exactly as without chunking.
 pub fn attention_reference(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
-    let scale = (q.dims()[3] as f64).powf(-0.5);
+    let scale = (q.dims()[3] as f32).powf(-0.5);
+    attention_reference_scaled(q, k, v, scale)
+}
+
+/// [`attention_reference`] with an explicit score scale.
+pub fn attention_reference_scaled(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f32) -> Tensor<4> {
     let keys = k.swap_dims(2, 3);
     by_query_chunks(q, 2, |q| softmax(q.mul_scalar(scale).matmul(keys.clone()), 3).matmul(v.clone()))
 }
 
-/// Reference of [`KernelOps::attention_forward`]: `(out, lse)` from plain tensor ops.
+/// Reference of [`KernelOps::attention_forward`]: `(out, lse)` from plain tensor ops, one
+/// score block per query chunk (`out = exp(s − lse) v`).
 pub fn attention_forward_reference(
     q: Tensor<4>,
     k: Tensor<4>,
@@ -209,14 +182,16 @@ pub fn attention_forward_reference(
     scale: f32,
 ) -> (Tensor<4>, Tensor<3>) {
     let keys = k.swap_dims(2, 3);
-    let lse = by_query_chunks(q.clone(), 2, |q| {
+    let d = v.dims()[3];
+    // out and lse side by side, [B, H, N, d + 1], so one chunked pass yields both
+    let both = by_query_chunks(q, 2, |q| {
         let s = q.mul_scalar(scale).matmul(keys.clone());
         let m = s.clone().max_dim(3);
-        (s - m.clone()).exp().sum_dim(3).log() + m
+        let lse = (s.clone() - m.clone()).exp().sum_dim(3).log() + m;
+        let out = (s - lse.clone()).exp().matmul(v.clone());
+        Tensor::cat(vec![out, lse], 3)
     });
-    let out =
-        by_query_chunks(q, 2, |q| softmax(q.mul_scalar(scale).matmul(keys.clone()), 3).matmul(v.clone()));
-    (out, lse.squeeze_dim(3))
+    (both.clone().narrow(3, 0, d), both.narrow(3, d, 1).squeeze_dim(3))
 }
 
 /// Reference of [`KernelOps::attention_backward`], the FlashAttention backward formulas in
