@@ -61,6 +61,8 @@ fn main(
                     j = cj;
                 }
             }
+            // no candidate compared greater (NaN features): any other row rather than -1
+            if (j >= n) { j = (i + 1u) % n; }
             nearest[i] = i32(j);
         }
         return;

@@ -120,11 +120,14 @@ pub enum AttentionImpl {
     Reference,
 }
 
-/// `softmax(q kᵀ / sqrt(d)) v` for q, k, v `[B, H, N, d]` through the chosen implementation.
+/// `softmax(q kᵀ / sqrt(d)) v` for q, k, v `[B, H, N, d]` through the chosen implementation
+/// (k, v of another length, as in cross-attention, take the reference).
 pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, which: AttentionImpl) -> Tensor<4> {
     let [_, _, n, d] = q.dims();
     let kernel_dtype = matches!(q.dtype(), DType::F32 | DType::F16);
-    if which == AttentionImpl::Reference || d != HEAD_DIM || n == 0 || !kernel_dtype {
+    // the kernels are self-attention: k and v shaped as q
+    let same_shapes = k.dims() == q.dims() && v.dims() == q.dims();
+    if which == AttentionImpl::Reference || d != HEAD_DIM || n == 0 || !kernel_dtype || !same_shapes {
         return attention_reference(q, k, v);
     }
     let scale = (d as f32).powf(-0.5);

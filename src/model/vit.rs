@@ -92,7 +92,6 @@ impl DinoVisionTransformer {
         })
     }
 
-    /// Check an input of `height x width` pixels can go through the model.
     /// Run every block's attention through `implementation` (the fused kernel by default).
     pub fn with_attention(mut self, implementation: crate::kernels::AttentionImpl) -> Self {
         for block in &mut self.blocks {
@@ -101,6 +100,7 @@ impl DinoVisionTransformer {
         self
     }
 
+    /// Check an input of `height x width` pixels can go through the model.
     pub fn check_input(&self, height: usize, width: usize) -> Result<()> {
         let p = self.config.patch_size;
         if height < p || width < p {

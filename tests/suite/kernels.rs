@@ -1,7 +1,8 @@
 //! The WGSL kernels against their references: naga validation of every expanded shader (CPU
 //! only), fused attention forward and gradients, Sinkhorn-Knopp and the KoLeo neighbour on
-//! wgpu (lavapipe here) and on the CPU backend, repeated runs bit-identical, and the ViT with
-//! the fused attention against the composed one.
+//! wgpu (lavapipe here) and on the CPU backend, repeated runs bit-identical. (The ViT with the
+//! fused attention is checked against PyTorch by backbone_parity.rs: its fixtures have head
+//! width 64, so the model's default, fused, path runs there.)
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use dinov2_wgpu::kernels::{
