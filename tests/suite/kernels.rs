@@ -165,6 +165,19 @@ fn fused_attention_runs_are_bit_identical_on_wgpu() {
 }
 
 #[test]
+fn fused_attention_over_more_than_65535_workgroups() {
+    // 66000 (batch, head) pairs of one workgroup each: the launch spills into a 2-D grid
+    let shape = [1, 66000, 2, 64];
+    let data = attention_data(shape, 31);
+    let want = attention_with_grads(&ndarray_device(), AttentionImpl::Reference, shape, &data);
+    let got = attention_with_grads(&wgpu_device(), AttentionImpl::Fused, shape, &data);
+    for (name, (g, w)) in ["out", "dq", "dk", "dv"].iter().zip(got.iter().zip(&want)) {
+        let e = err(g, w);
+        assert!(e <= 1e-4, "{name}: max abs error {e:.2e}");
+    }
+}
+
+#[test]
 fn other_head_widths_fall_back_to_the_reference() {
     let device = wgpu_device();
     let shape = [1, 2, 33, 32];
@@ -230,7 +243,14 @@ fn sinkhorn_case(b: usize, k: usize, spread: f32, temperature: f32, seed: u64) -
 fn sinkhorn_knopp_matches_the_reference_on_wgpu() {
     // (B, K, logit spread, τ); K = 131072 is the largest prototype count of the issue
     for (b, k, spread, temperature) in
-        [(64, 1000, 1.0, 0.07), (7, 4099, 0.3, 0.04), (4, 65536, 1.0, 0.07), (3, 131072, 1.0, 0.07)]
+        // the last case has more than 65535 workgroups of 256 in its final pass: the 2-D grid
+        [
+            (64, 1000, 1.0, 0.07),
+            (7, 4099, 0.3, 0.04),
+            (4, 65536, 1.0, 0.07),
+            (3, 131072, 1.0, 0.07),
+            (257, 65536, 1.0, 0.07),
+        ]
     {
         let [got, want, exact] = sinkhorn_case(b, k, spread, temperature, (b * k) as u64);
         let top = exact.iter().fold(0.0f32, |m, x| m.max(x.abs()));
