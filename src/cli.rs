@@ -43,9 +43,99 @@ pub enum Command {
         /// A preset name; all presets when omitted.
         name: Option<String>,
     },
+    /// Self-supervised pretraining with the DINOv2 recipe (DINO + iBOT + KoLeo, EMA teacher).
+    Train(TrainArgs),
+    /// Frozen-feature evaluation.
+    #[command(subcommand)]
+    Eval(EvalCommand),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+/// The bundled sample photographs (scikit-image), the default training data.
+pub const BUNDLED_IMAGES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/images");
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Recipe preset: tiny (small images, short runs) or an official architecture (vits14 ...).
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    /// Images: a folder (searched recursively; PNG, JPEG), fashion-mnist-train or
+    /// fashion-mnist-test. Default: the bundled sample photographs.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// A complete recipe as JSON (see --print-config), instead of --preset.
+    #[arg(long, conflicts_with = "preset")]
+    pub config: Option<PathBuf>,
+    /// Run folder: config.json, metrics.jsonl, checkpoint.safetensors, teacher_backbone.safetensors.
+    #[arg(long, default_value = "runs/tiny")]
+    pub out: PathBuf,
+    /// Stop after this many minutes (a checkpoint is written).
+    #[arg(long)]
+    pub max_minutes: Option<f64>,
+    /// Stop after this many steps in this invocation (the schedule keeps its configured length).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Continue from the run folder's checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Override the recipe's images per step.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Override the recipe's schedule length in steps.
+    #[arg(long)]
+    pub total_steps: Option<usize>,
+    /// Steps between checkpoints.
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    /// Print the recipe as JSON and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Compute backend: auto (wgpu on a hardware GPU, else ndarray), wgpu or ndarray.
+    #[arg(long, default_value = "auto")]
+    pub backend: String,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EvalCommand {
+    /// k-NN classification on frozen CLS features (official protocol: cosine, T = 0.07,
+    /// k = 10/20/100/200, weighted vote).
+    Knn(KnnArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct KnnArgs {
+    /// Weights: a training run folder or its checkpoint (the teacher is evaluated), or any
+    /// backbone `--weights` accepts. Without it: --arch at initialisation (seed 0).
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Architecture without --weights.
+    #[arg(long, default_value = "tiny")]
+    pub arch: String,
+    /// Memory set: fashion-mnist-train, fashion-mnist-test or a folder with one sub-folder per class.
+    #[arg(long)]
+    pub train: String,
+    /// Query set, as --train.
+    #[arg(long)]
+    pub test: String,
+    /// Square input size; default: the run's global crop size, 224 for other weights.
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// k-NN on the normalised pixels instead of features (the raw-pixel baseline).
+    #[arg(long)]
+    pub raw_pixels: bool,
+    /// Also write `{"top1": {"10": .., "20": .., "100": .., "200": ..}}` to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Compute backend: auto, wgpu or ndarray.
+    #[arg(long, default_value = "auto")]
+    pub backend: String,
 }
 
 /// Which model and where it runs.
@@ -194,6 +284,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Match(args) => match_command(args),
         Command::Info(args) => info(args),
         Command::Presets { name } => presets(name),
+        Command::Train(args) => train_command(args),
+        Command::Eval(EvalCommand::Knn(args)) => knn_command(args),
         Command::Bench(BenchCommand::Embed(args)) => bench_embed(args),
         Command::Bench(BenchCommand::Kernels(args)) => bench_kernels(args),
     }
@@ -218,7 +310,11 @@ pub fn load_model(args: &ModelArgs) -> Result<(DinoVisionTransformer, Device)> {
         interpolation: args.interpolation.as_deref().map(PosInterpolation::parse).transpose()?,
     };
     // Validate the checkpoint before touching a device: a bad file fails fast.
-    let weights = args.weights.as_deref().map(|path| read_backbone(path, &options)).transpose()?;
+    let weights = args
+        .weights
+        .as_deref()
+        .map(|path| read_backbone(&crate::train::trainer::backbone_path(path)?, &options))
+        .transpose()?;
     let device = backend::device(kind)?;
     let model = match weights {
         Some(w) => DinoVisionTransformer::from_weights(&w, &device)?,
@@ -406,6 +502,124 @@ fn info(args: InfoArgs) -> Result<()> {
             let name = backend::device_name(&device).unwrap_or_else(|| "unknown".into());
             println!("in use: wgpu on {name}");
         }
+    }
+    Ok(())
+}
+
+fn open_device(name: &str) -> Result<Device> {
+    let requested = BackendKind::parse(name)?;
+    let kind = backend::resolve(requested);
+    if requested == BackendKind::Auto && kind == BackendKind::Ndarray {
+        eprintln!("note: no hardware GPU adapter; running on ndarray (CPU). --backend wgpu forces the software adapter");
+    }
+    backend::device(kind)
+}
+
+fn train_command(args: TrainArgs) -> Result<()> {
+    use crate::train::{RunOptions, TrainConfig};
+    let mut config = match &args.config {
+        Some(path) => TrainConfig::from_json_file(path)?,
+        None => TrainConfig::preset(&args.preset)?,
+    };
+    if let Some(b) = args.batch_size {
+        config.batch_size = b;
+    }
+    if let Some(t) = args.total_steps {
+        config.total_steps = t;
+    }
+    if let Some(c) = args.checkpoint_every {
+        config.checkpoint_every = c;
+    }
+    config.validate().map_err(Error::Config)?;
+    if args.print_config {
+        println!("{}", serde_json::to_string_pretty(&config).expect("config serialises"));
+        return Ok(());
+    }
+    if args.resume {
+        // the run's own recipe, unless the user gave one explicitly
+        let saved = args.out.join(crate::train::trainer::CONFIG);
+        if args.config.is_none() && saved.exists() {
+            config = TrainConfig::from_json_file(&saved)?;
+        }
+    }
+    let data_spec = args.data.clone().unwrap_or_else(|| BUNDLED_IMAGES.to_string());
+    let data = crate::train::data::Dataset::open(&data_spec)?;
+    let device = open_device(&args.backend)?;
+    eprintln!(
+        "training {} ({:.1}M backbone parameters) on {} ({} images), {} steps of {} images, into {}",
+        if args.config.is_some() { "--config" } else { args.preset.as_str() },
+        config.arch.num_params() as f64 / 1e6,
+        data.name(),
+        data.len(),
+        config.total_steps,
+        config.batch_size,
+        args.out.display()
+    );
+    let options = RunOptions {
+        out: args.out.clone(),
+        max_steps: args.steps,
+        max_minutes: args.max_minutes,
+        resume: args.resume,
+        progress: !args.quiet,
+    };
+    let summary = crate::train::train(&config, &data, &device, &options)?;
+    eprintln!(
+        "{} steps, {:.1} images/s{}; checkpoint {}, teacher backbone {}",
+        summary.steps_done,
+        summary.images_per_second,
+        summary.last_loss.map(|l| format!(", last loss {:.4}", l.total)).unwrap_or_default(),
+        summary.checkpoint.display(),
+        args.out.join(crate::train::trainer::TEACHER_BACKBONE).display()
+    );
+    Ok(())
+}
+
+fn knn_command(args: KnnArgs) -> Result<()> {
+    use crate::eval::knn;
+    use crate::train::data::Dataset;
+    if let Some(path) = &args.json {
+        check_output_dir(path)?;
+    }
+    if args.batch_size == 0 {
+        return Err(Error::Usage("--batch-size must be at least 1".into()));
+    }
+    let run_size = args.weights.as_deref().and_then(crate::train::trainer::run_crop_size);
+    let train = Dataset::open(&args.train)?;
+    let test = Dataset::open(&args.test)?;
+    let train_labels = train.require_labels()?.to_vec();
+    let test_labels = test.require_labels()?.to_vec();
+    let device = open_device(&args.backend)?;
+    let (train_features, test_features, d) = if args.raw_pixels {
+        let size = args.size.unwrap_or(28);
+        let a = knn::pixel_features(&train, size)?;
+        let b = knn::pixel_features(&test, size)?;
+        (a, b, 3 * size * size)
+    } else {
+        let model_args = ModelArgs {
+            weights: args.weights.clone(),
+            arch: args.weights.is_none().then(|| args.arch.clone()),
+            config: None,
+            interpolation: None,
+            backend: args.backend.clone(),
+        };
+        let (model, _) = load_model(&model_args)?;
+        let size = args.size.or(run_size).unwrap_or(224);
+        let bar = progress_bar(train.len() + test.len(), "features");
+        let a = knn::cls_features(&model, &train, size, args.batch_size, &device, &bar)?;
+        let b = knn::cls_features(&model, &test, size, args.batch_size, &device, &bar)?;
+        bar.finish_and_clear();
+        (a, b, model.config.embed_dim)
+    };
+    let results =
+        knn::knn_top1(&train_features, &train_labels, &test_features, &test_labels, d, &knn::KS, knn::TEMPERATURE, &device)?;
+    let mut top1 = serde_json::Map::new();
+    for (k, acc) in &results {
+        println!("k={k:<4} top-1 {:.2}%", 100.0 * acc);
+        top1.insert(k.to_string(), serde_json::json!(acc));
+    }
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&serde_json::json!({ "top1": top1 })).expect("json");
+        crate::io::write_atomic(path, text.as_bytes())?;
     }
     Ok(())
 }

@@ -24,6 +24,9 @@ pub enum Error {
     /// No usable compute device.
     #[error("{0}")]
     Device(String),
+    /// Training cannot go on (a non-finite loss, ...).
+    #[error("{0}")]
+    Training(String),
     /// Input shapes that cannot go through the model together.
     #[error("{0}")]
     Shape(String),

@@ -17,5 +17,6 @@ pub mod features;
 pub mod io;
 pub mod kernels;
 pub mod model;
+pub mod train;
 
 pub use error::{Error, Result};

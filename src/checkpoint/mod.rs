@@ -7,6 +7,7 @@
 //! an error naming the key and both shapes, and a checkpoint for another architecture never
 //! gets half-loaded.
 
+pub mod export;
 mod source;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -91,7 +92,18 @@ pub fn read_backbone(path: &Path, options: &LoadOptions) -> Result<BackboneWeigh
         Layout::Official => CheckpointKind::Official,
     };
     let view = KeyView::new(&source, layout, &prefix);
+    let saved_config = source
+        .metadata(export::CONFIG_METADATA)
+        .map(|text| {
+            let config: VitConfig = serde_json::from_str(text)
+                .map_err(|e| Error::checkpoint(&file, format!("architecture metadata: {e}")))?;
+            config.check().map_err(|e| Error::checkpoint(&file, format!("architecture metadata: {e}")))?;
+            Ok::<_, Error>(config)
+        })
+        .transpose()?;
     let mut config = if let Some(config) = &options.config {
+        config.clone()
+    } else if let (Some(config), None) = (&saved_config, &options.arch) {
         config.clone()
     } else if let Some(name) = &options.arch {
         VitConfig::preset(name)?
@@ -112,6 +124,9 @@ pub fn read_backbone(path: &Path, options: &LoadOptions) -> Result<BackboneWeigh
     };
     config.interpolation = match (options.interpolation, kind) {
         (Some(interp), _) => interp,
+        (None, _) if saved_config.is_some() && options.arch.is_none() && options.config.is_none() => {
+            config.interpolation
+        }
         (None, CheckpointKind::Official) if config.num_register_tokens > 0 => PosInterpolation::ANTIALIAS,
         (None, CheckpointKind::Official) => PosInterpolation::OFFICIAL,
         (None, CheckpointKind::HuggingFace) => {

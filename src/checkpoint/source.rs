@@ -11,6 +11,8 @@ use crate::error::{Error, Result};
 pub struct TensorSource {
     path: PathBuf,
     shapes: BTreeMap<String, Vec<usize>>,
+    /// safetensors `__metadata__` (empty for PyTorch files).
+    metadata: BTreeMap<String, String>,
     kind: SourceKind,
 }
 
@@ -48,7 +50,7 @@ impl TensorSource {
         let reader = pytorch_reader::PytorchReader::new(path)
             .map_err(|e| Error::checkpoint(path, format!("not a readable PyTorch checkpoint: {e}")))?;
         let shapes = reader.tensors().iter().map(|(k, t)| (k.clone(), t.shape().to_vec())).collect();
-        Ok(Self { path: path.to_path_buf(), shapes, kind: SourceKind::Pickle(reader) })
+        Ok(Self { path: path.to_path_buf(), shapes, metadata: BTreeMap::new(), kind: SourceKind::Pickle(reader) })
     }
 
     fn open_safetensors(path: &Path) -> Result<Self> {
@@ -63,6 +65,7 @@ impl TensorSource {
             };
             Error::checkpoint(path, message)
         })?;
+        let metadata = meta.metadata().clone().unwrap_or_default().into_iter().collect();
         let mut shapes = BTreeMap::new();
         let mut infos = BTreeMap::new();
         for (name, info) in meta.tensors() {
@@ -72,8 +75,14 @@ impl TensorSource {
         Ok(Self {
             path: path.to_path_buf(),
             shapes,
+            metadata,
             kind: SourceKind::Safetensors { bytes, header_len, infos },
         })
+    }
+
+    /// A safetensors metadata value.
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).map(String::as_str)
     }
 
     /// The file this came from.

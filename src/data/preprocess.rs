@@ -31,6 +31,8 @@ pub enum Resize {
     Shorter(usize),
     /// Keep the pixels; centre-crop to multiples of the patch size if needed.
     Native,
+    /// Shorter side to N, centre crop N x N (k-NN evaluation at a model's training size).
+    Square(usize),
 }
 
 impl Resize {
@@ -127,6 +129,16 @@ pub fn prepare(path: &Path, img: RgbImage, resize: Resize, patch: usize) -> Resu
             let resized = resize_shorter(path, &img, n as u32)?;
             let (w, h) = resized.dimensions();
             center_crop(&resized, w / p * p, h / p * p)
+        }
+        Resize::Square(n) => {
+            if n < patch || n % patch != 0 {
+                return Err(Error::Usage(format!("size {n} is not a positive multiple of the {p}-pixel patch")));
+            }
+            if (w0, h0) == (n as u32, n as u32) {
+                img
+            } else {
+                center_crop(&resize_shorter(path, &img, n as u32)?, n as u32, n as u32)
+            }
         }
         Resize::Native => {
             let (w, h) = (w0 / p * p, h0 / p * p);

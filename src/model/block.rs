@@ -7,7 +7,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, LayerNormConfig};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::checkpoint::BackboneWeights;
 use crate::config::VitConfig;
@@ -54,8 +54,64 @@ impl Block {
     }
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gamma = |g: &Param<Tensor<1>>| g.val().unsqueeze::<3>();
-        let x = x.clone() + self.attn.forward(self.norm1.forward(x)) * gamma(&self.ls1);
-        x.clone() + self.mlp.forward(self.norm2.forward(x)) * gamma(&self.ls2)
+        let x = x.clone() + self.attn_residual(x);
+        x.clone() + self.ffn_residual(x)
     }
+
+    fn attn_residual(&self, x: Tensor<3>) -> Tensor<3> {
+        self.attn.forward(self.norm1.forward(x)) * self.ls1.val().unsqueeze::<3>()
+    }
+
+    fn ffn_residual(&self, x: Tensor<3>) -> Tensor<3> {
+        self.mlp.forward(self.norm2.forward(x)) * self.ls2.val().unsqueeze::<3>()
+    }
+
+    /// The training forward with efficient stochastic depth (official
+    /// `drop_add_residual_stochastic_depth`): each residual branch runs only on the kept samples
+    /// `drop.attn` / `drop.ffn` (indices into the batch) and is added back scaled by
+    /// `B / kept`, so dropped samples cost nothing. Without a plan it is [`Self::forward`].
+    pub fn forward_train(&self, x: Tensor<3>, drop: Option<&BlockDrop>) -> Tensor<3> {
+        let Some(drop) = drop else { return self.forward(x) };
+        let x = drop_add_residual(x, &drop.attn, |x| self.attn_residual(x));
+        drop_add_residual(x, &drop.ffn, |x| self.ffn_residual(x))
+    }
+}
+
+/// Which samples of a batch keep each residual branch of one block in a training step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlockDrop {
+    pub attn: Vec<usize>,
+    pub ffn: Vec<usize>,
+}
+
+impl BlockDrop {
+    /// The official subset: `max(int(B * (1 - rate)), 1)` samples, a random permutation's head,
+    /// drawn separately for the two branches.
+    pub fn sample(batch: usize, rate: f64, rng: &mut impl rand::Rng) -> Self {
+        let keep = ((batch as f64 * (1.0 - rate)) as usize).max(1).min(batch);
+        let mut subset = || {
+            let mut order: Vec<usize> = (0..batch).collect();
+            rand::seq::SliceRandom::shuffle(order.as_mut_slice(), rng);
+            order.truncate(keep);
+            order
+        };
+        let attn = subset();
+        Self { attn, ffn: subset() }
+    }
+}
+
+/// `x + index_add(residual(x[kept]) · B / kept)`; every sample kept is the plain residual.
+fn drop_add_residual(x: Tensor<3>, kept: &[usize], residual: impl Fn(Tensor<3>) -> Tensor<3>) -> Tensor<3> {
+    let batch = x.dims()[0];
+    if kept.len() == batch && kept.iter().enumerate().all(|(i, &k)| i == k) {
+        return x.clone() + residual(x);
+    }
+    let device = x.device();
+    let indices = Tensor::<1, Int>::from_data(
+        TensorData::new(kept.iter().map(|&i| i as i64).collect::<Vec<_>>(), [kept.len()]),
+        &device,
+    );
+    let scale = batch as f64 / kept.len() as f64;
+    let update = residual(x.clone().select(0, indices.clone())).mul_scalar(scale);
+    x.select_assign(0, indices, update, IndexingUpdateOp::Add)
 }

@@ -9,12 +9,12 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, LayerNormConfig};
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Bool, Device, Distribution, Tensor};
 
 use crate::checkpoint::BackboneWeights;
 use crate::config::VitConfig;
 use crate::error::{Error, Result};
-use crate::model::block::Block;
+use crate::model::block::{Block, BlockDrop};
 use crate::model::patch_embed::PatchEmbed;
 use crate::model::pos_embed::interpolate_grid;
 
@@ -131,10 +131,22 @@ impl DinoVisionTransformer {
 
     /// Tokens before the blocks: `[B, 1 + R + h*w, D]`.
     pub fn prepare_tokens(&self, images: Tensor<4>) -> Tensor<3> {
+        self.prepare_tokens_with_masks(images, None)
+    }
+
+    /// [`Self::prepare_tokens`] with iBOT masking (official `prepare_tokens_with_masks`): the
+    /// embeddings of masked patches (`masks` `[B, h*w]`, true = masked) are replaced by the
+    /// learned mask token before the position embedding is added.
+    pub fn prepare_tokens_with_masks(&self, images: Tensor<4>, masks: Option<Tensor<2, Bool>>) -> Tensor<3> {
         let [b, _, height, width] = images.dims();
         let p = self.config.patch_size;
         let (h, w) = (height / p, width / p);
-        let patches = self.patch_embed.forward(images);
+        let mut patches = self.patch_embed.forward(images);
+        if let Some(masks) = masks {
+            let d = self.config.embed_dim;
+            let token = self.mask_token.val().unsqueeze::<3>().expand([b, h * w, d]);
+            patches = patches.mask_where(masks.unsqueeze_dim::<3>(2).expand([b, h * w, d]), token);
+        }
         let d = self.config.embed_dim;
         let cls = self.cls_token.val().expand([b, 1, d]);
         let x = Tensor::cat(vec![cls, patches], 1) + self.position_embedding(h, w);
@@ -153,12 +165,18 @@ impl DinoVisionTransformer {
     /// Features of a batch of normalised images `[B, 3, H, W]` (H, W multiples of the patch
     /// size; see [`Self::check_input`]).
     pub fn forward_features(&self, images: Tensor<4>) -> Features {
+        self.forward_train(images, None, &[])
+    }
+
+    /// The training forward: optional iBOT masks `[B, h*w]` and, per block, the samples that
+    /// keep each residual branch (efficient stochastic depth; an empty plan drops nothing).
+    pub fn forward_train(&self, images: Tensor<4>, masks: Option<Tensor<2, Bool>>, drops: &[BlockDrop]) -> Features {
         let [b, _, height, width] = images.dims();
         let p = self.config.patch_size;
         let (h, w) = (height / p, width / p);
-        let mut x = self.prepare_tokens(images);
-        for block in &self.blocks {
-            x = block.forward(x);
+        let mut x = self.prepare_tokens_with_masks(images, masks);
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward_train(x, drops.get(i));
         }
         let x = self.norm.forward(x);
         let (d, r) = (self.config.embed_dim, self.config.num_register_tokens);

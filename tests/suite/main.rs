@@ -6,5 +6,6 @@ mod checkpoint;
 mod cli;
 mod common;
 mod kernels;
+mod losses;
 mod pos_embed;
 mod preprocess;

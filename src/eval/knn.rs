@@ -1,0 +1,130 @@
+//! The k-NN probe on frozen features (official `dinov2/eval/knn.py`): L2-normalised CLS
+//! features, cosine similarity of each test feature to every training feature, the k most
+//! similar vote for their class with weight `exp(similarity / T)` (T = 0.07), the class with
+//! the largest total wins. Top-1 accuracy for each k.
+
+use burn::tensor::{Device, Tensor, TensorData};
+use indicatif::ProgressBar;
+use rayon::prelude::*;
+
+use crate::data::preprocess::{Resize, prepare};
+use crate::error::{Error, Result};
+use crate::features::to_host;
+use crate::model::DinoVisionTransformer;
+use crate::train::data::Dataset;
+
+/// The official k values and temperature.
+pub const KS: [usize; 4] = [10, 20, 100, 200];
+pub const TEMPERATURE: f32 = 0.07;
+
+/// CLS features `[n, d]` of every image of `data`, each resized (shorter side) and centre
+/// cropped to `size` px.
+pub fn cls_features(
+    model: &DinoVisionTransformer,
+    data: &Dataset,
+    size: usize,
+    batch_size: usize,
+    device: &Device,
+    bar: &ProgressBar,
+) -> Result<Vec<f32>> {
+    let patch = model.config.patch_size;
+    let mut out = Vec::with_capacity(data.len() * model.config.embed_dim);
+    let indices: Vec<usize> = (0..data.len()).collect();
+    for chunk in indices.chunks(batch_size.max(1)) {
+        let prepared: Vec<Vec<f32>> = chunk
+            .par_iter()
+            .map(|&i| {
+                let name = std::path::PathBuf::from(format!("{}[{i}]", data.name()));
+                Ok(prepare(&name, data.image(i)?, Resize::Square(size), patch)?.pixels)
+            })
+            .collect::<Result<_>>()?;
+        let pixels: Vec<f32> = prepared.concat();
+        let images = Tensor::<4>::from_data(TensorData::new(pixels, [chunk.len(), 3, size, size]), device);
+        out.extend(to_host(model.forward_features(images).cls)?);
+        bar.inc(chunk.len() as u64);
+    }
+    Ok(out)
+}
+
+/// Raw pixels as features (the baseline): each image resized to `size`, normalised.
+pub fn pixel_features(data: &Dataset, size: usize) -> Result<Vec<f32>> {
+    (0..data.len())
+        .into_par_iter()
+        .map(|i| {
+            let name = std::path::PathBuf::from(format!("{}[{i}]", data.name()));
+            Ok(prepare(&name, data.image(i)?, Resize::Square(size), 1)?.pixels)
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(|v| v.concat())
+}
+
+/// Top-1 accuracy for each of `ks` (official weighted vote). Features are `[n, d]` row-major;
+/// they are L2-normalised here. The similarity is computed on `device` in chunks of test rows.
+pub fn knn_top1(
+    train: &[f32],
+    train_labels: &[usize],
+    test: &[f32],
+    test_labels: &[usize],
+    d: usize,
+    ks: &[usize],
+    temperature: f32,
+    device: &Device,
+) -> Result<Vec<(usize, f64)>> {
+    let (n_train, n_test) = (train_labels.len(), test_labels.len());
+    if train.len() != n_train * d || test.len() != n_test * d {
+        return Err(Error::Shape(format!(
+            "features and labels disagree: {} train values for {n_train} x {d}, {} test values for {n_test} x {d}",
+            train.len(),
+            test.len()
+        )));
+    }
+    if n_train == 0 || n_test == 0 {
+        return Err(Error::Usage("k-NN needs at least one training and one test image".into()));
+    }
+    let classes = train_labels.iter().chain(test_labels).max().map_or(0, |m| m + 1);
+    let k_max = ks.iter().copied().max().unwrap_or(1).min(n_train);
+    let normalise = |x: &[f32]| -> Vec<f32> {
+        x.chunks(d)
+            .flat_map(|row| {
+                let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+                row.iter().map(move |v| v / norm)
+            })
+            .collect()
+    };
+    let train_t =
+        Tensor::<2>::from_data(TensorData::new(normalise(train), [n_train, d]), device).transpose();
+    let test = normalise(test);
+    let mut correct = vec![0usize; ks.len()];
+    // chunks of test rows keep the similarity block near 32 M values
+    let rows = ((1usize << 25) / n_train).clamp(1, 1024);
+    for (c, chunk) in test.chunks(rows * d).enumerate() {
+        let n = chunk.len() / d;
+        let q = Tensor::<2>::from_data(TensorData::new(chunk.to_vec(), [n, d]), device);
+        let (sims, idx) = q.matmul(train_t.clone()).topk_with_indices(k_max, 1);
+        let sims = to_host(sims)?;
+        let idx: Vec<i64> = idx
+            .into_data()
+            .convert::<i64>()
+            .try_into_vec::<i64>()
+            .map_err(|e| Error::Device(format!("cannot read neighbours back: {e:?}")))?;
+        for r in 0..n {
+            let label = test_labels[c * rows + r];
+            for (slot, &k) in ks.iter().enumerate() {
+                let k = k.min(k_max);
+                let mut votes = vec![0.0f64; classes];
+                for j in 0..k {
+                    let neighbour = idx[r * k_max + j] as usize;
+                    votes[train_labels[neighbour]] += ((sims[r * k_max + j] / temperature) as f64).exp();
+                }
+                let predicted = votes
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map(|(i, _)| i)
+                    .unwrap_or(0);
+                correct[slot] += (predicted == label) as usize;
+            }
+        }
+    }
+    Ok(ks.iter().zip(correct).map(|(&k, c)| (k, c as f64 / n_test as f64)).collect())
+}

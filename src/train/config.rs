@@ -1,0 +1,252 @@
+//! The training recipe as one JSON-serialisable config. Defaults are the official DINOv2 ones
+//! (`dinov2/configs/ssl_default_config.yaml`, the ViT-L/g values where they differ are noted);
+//! the `tiny` preset changes sizes and lengths for small images and short runs on one machine.
+
+use serde::{Deserialize, Serialize};
+
+use super::augment::CropConfig;
+use super::head::HeadConfig;
+use crate::config::VitConfig;
+use crate::error::{Error, Result};
+
+/// How the teacher's outputs become targets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Centering {
+    /// Sinkhorn-Knopp, 3 iterations (DINOv2's default).
+    SinkhornKnopp,
+    /// Softmax after subtracting an EMA centre (DINO; centre momentum `center_momentum`).
+    Centering,
+}
+
+/// A final phase at larger crops (the paper's high-resolution adaptation: 518 px for the
+/// official models), with the position embeddings interpolated to the new grid.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HighRes {
+    /// Steps at the end of the run that use the larger crops.
+    pub steps: usize,
+    pub global_size: usize,
+    pub local_size: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// The backbone.
+    pub arch: VitConfig,
+    /// Multi-crop sizes, counts, scales and augmentation probabilities.
+    pub crops: CropConfig,
+    /// Images per step (official: 64 per GPU).
+    pub batch_size: usize,
+    /// Schedule length in steps (official: epochs × 1250).
+    pub total_steps: usize,
+    /// The official "epoch" (1250 steps): the unit of warm-ups and the last-layer freeze.
+    pub epoch_length: usize,
+    /// Learning rate for a batch of 1024 (official 0.004); scaled by sqrt(batch / 1024).
+    pub base_lr: f64,
+    pub min_lr: f64,
+    pub warmup_epochs: f64,
+    pub weight_decay: f64,
+    pub weight_decay_end: f64,
+    pub adamw_betas: (f64, f64),
+    /// Layer-wise lr decay (official 0.9).
+    pub layerwise_decay: f64,
+    /// Patch-embedding lr multiplier (official 0.2).
+    pub patch_embed_lr_mult: f64,
+    /// Gradient-norm bound per student part (official 3.0).
+    pub clip_grad: f64,
+    /// Epochs with the heads' last layer frozen (official 1).
+    pub freeze_last_layer_epochs: f64,
+    /// Teacher EMA momentum, cosine from `momentum_teacher` to `final_momentum_teacher`
+    /// (official 0.992 → 1; 0.994 for ViT-L/g).
+    pub momentum_teacher: f64,
+    pub final_momentum_teacher: f64,
+    pub student_temp: f64,
+    /// Teacher temperature, linear warm-up from `warmup_teacher_temp` over
+    /// `warmup_teacher_temp_epochs` (official 0.04 → 0.07 over 30 epochs).
+    pub teacher_temp: f64,
+    pub warmup_teacher_temp: f64,
+    pub warmup_teacher_temp_epochs: f64,
+    pub centering: Centering,
+    pub center_momentum: f64,
+    pub dino_head: HeadConfig,
+    pub dino_loss_weight: f64,
+    pub koleo_loss_weight: f64,
+    /// A separate iBOT head (untied); `false` shares the DINO head (the default config;
+    /// the released ViT-g config unties them).
+    pub ibot_separate_head: bool,
+    pub ibot_head: HeadConfig,
+    pub ibot_loss_weight: f64,
+    /// Fraction of global crops that get a mask (official 0.5).
+    pub mask_sample_probability: f64,
+    /// Mask ratios, stratified over this range (official 0.1–0.5).
+    pub mask_ratio: (f64, f64),
+    /// Efficient stochastic depth rate of every block (official 0.3 for ViT-L/g, 0.1 ViT-S/B).
+    pub drop_path_rate: f64,
+    /// Optional high-resolution phase at the end.
+    pub highres: Option<HighRes>,
+    /// Seed of the model init, the data order and every augmentation.
+    pub seed: u64,
+    /// Steps between checkpoints (one is always written at the end).
+    pub checkpoint_every: usize,
+}
+
+impl TrainConfig {
+    /// The recipe of a preset: `tiny` (designed here for small images) or an official
+    /// architecture with the official recipe.
+    pub fn preset(name: &str) -> Result<Self> {
+        let arch = VitConfig::preset(name)?;
+        if name == "tiny" {
+            return Ok(Self::tiny());
+        }
+        let large = arch.embed_dim >= 1024;
+        let mut c = Self::official(arch);
+        if large {
+            c.momentum_teacher = 0.994;
+            c.drop_path_rate = 0.4;
+            c.dino_head.n_prototypes = 131072;
+            c.dino_head.bottleneck_dim = 384;
+            c.ibot_head = c.dino_head.clone();
+            c.ibot_separate_head = true;
+        }
+        Ok(c)
+    }
+
+    /// The official recipe around a given backbone (ssl_default_config.yaml + vitl16 values
+    /// for a 100-epoch schedule).
+    pub fn official(arch: VitConfig) -> Self {
+        Self {
+            arch,
+            crops: CropConfig::default(),
+            batch_size: 64,
+            total_steps: 100 * 1250,
+            epoch_length: 1250,
+            base_lr: 0.004,
+            min_lr: 1e-6,
+            warmup_epochs: 10.0,
+            weight_decay: 0.04,
+            weight_decay_end: 0.4,
+            adamw_betas: (0.9, 0.999),
+            layerwise_decay: 0.9,
+            patch_embed_lr_mult: 0.2,
+            clip_grad: 3.0,
+            freeze_last_layer_epochs: 1.0,
+            momentum_teacher: 0.992,
+            final_momentum_teacher: 1.0,
+            student_temp: 0.1,
+            teacher_temp: 0.07,
+            warmup_teacher_temp: 0.04,
+            warmup_teacher_temp_epochs: 30.0,
+            centering: Centering::SinkhornKnopp,
+            center_momentum: 0.9,
+            dino_head: HeadConfig::default(),
+            dino_loss_weight: 1.0,
+            koleo_loss_weight: 0.1,
+            ibot_separate_head: false,
+            ibot_head: HeadConfig::default(),
+            ibot_loss_weight: 1.0,
+            mask_sample_probability: 0.5,
+            mask_ratio: (0.1, 0.5),
+            drop_path_rate: 0.1,
+            highres: None,
+            seed: 0,
+            checkpoint_every: 1250,
+        }
+    }
+
+    /// The `tiny` recipe: 28 px global crops and 12 px local crops (patch 4: 7 × 7 and
+    /// 3 × 3 grids), small heads, short warm-ups, for Fashion-MNIST-sized images on a CPU or a
+    /// software adapter. Other images are cropped the same way (their crops are resized).
+    pub fn tiny() -> Self {
+        let mut c = Self::official(VitConfig::tiny());
+        c.crops = CropConfig {
+            global_size: 28,
+            local_size: 12,
+            n_global: 2,
+            n_local: 6,
+            global_scale: (0.4, 1.0),
+            local_scale: (0.1, 0.4),
+            blur_kernel: 3,
+            ..CropConfig::default()
+        };
+        c.batch_size = 64;
+        c.total_steps = 3000;
+        c.epoch_length = 100;
+        c.base_lr = 0.004;
+        c.warmup_epochs = 2.0;
+        c.freeze_last_layer_epochs = 1.0;
+        c.warmup_teacher_temp_epochs = 5.0;
+        c.momentum_teacher = 0.99;
+        c.dino_head = HeadConfig { n_prototypes: 1024, hidden_dim: 512, bottleneck_dim: 128, n_layers: 3 };
+        c.ibot_head = c.dino_head.clone();
+        c.drop_path_rate = 0.0;
+        c.checkpoint_every = 500;
+        c
+    }
+
+    /// Read a config file: a complete JSON config (`dinov2 train --print-config` writes one).
+    pub fn from_json_file(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let c: Self =
+            serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        c.validate().map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        Ok(c)
+    }
+
+    /// Check the numbers fit together; a message naming the value at fault.
+    pub fn validate(&self) -> Result<(), String> {
+        self.arch.check()?;
+        let p = self.arch.patch_size;
+        let mut sizes = vec![("crops.global_size", self.crops.global_size), ("crops.local_size", self.crops.local_size)];
+        if let Some(h) = &self.highres {
+            sizes.push(("highres.global_size", h.global_size));
+            sizes.push(("highres.local_size", h.local_size));
+            if h.steps > self.total_steps {
+                return Err(format!("highres.steps {} exceeds total_steps {}", h.steps, self.total_steps));
+            }
+        }
+        for (name, size) in sizes {
+            if size < p || size % p != 0 {
+                return Err(format!("{name} {size} is not a positive multiple of the patch size {p}"));
+            }
+        }
+        if self.crops.n_global != 2 {
+            return Err(format!("crops.n_global is {}: the DINO loss pairs exactly 2 global crops", self.crops.n_global));
+        }
+        let positive = [
+            ("batch_size", self.batch_size as f64),
+            ("total_steps", self.total_steps as f64),
+            ("epoch_length", self.epoch_length as f64),
+            ("student_temp", self.student_temp),
+            ("teacher_temp", self.teacher_temp),
+            ("warmup_teacher_temp", self.warmup_teacher_temp),
+            ("dino_head.n_prototypes", self.dino_head.n_prototypes as f64),
+            ("checkpoint_every", self.checkpoint_every as f64),
+        ];
+        for (name, value) in positive {
+            if !(value > 0.0) {
+                return Err(format!("{name} must be positive, got {value}"));
+            }
+        }
+        if self.batch_size < 2 {
+            return Err("batch_size must be at least 2 (KoLeo needs a neighbour)".into());
+        }
+        if !(0.0..1.0).contains(&self.drop_path_rate) {
+            return Err(format!("drop_path_rate {} is outside [0, 1)", self.drop_path_rate));
+        }
+        if !(0.0..=1.0).contains(&self.mask_sample_probability) {
+            return Err(format!("mask_sample_probability {} is outside [0, 1]", self.mask_sample_probability));
+        }
+        Ok(())
+    }
+
+    /// The learning rate after batch scaling.
+    pub fn lr(&self) -> f64 {
+        super::schedule::scaled_lr(self.base_lr, self.batch_size)
+    }
+
+    /// `epochs` in steps.
+    pub fn epochs_to_steps(&self, epochs: f64) -> usize {
+        (epochs * self.epoch_length as f64).round() as usize
+    }
+}
