@@ -70,7 +70,9 @@ struct Fixture(PathBuf);
 
 impl Fixture {
     fn new(name: &str) -> Self {
-        Fixture(Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/losses/{name}.safetensors")))
+        Fixture(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/losses/{name}.safetensors")),
+        )
     }
 
     fn values(&self, name: &str) -> Vec<f32> {
@@ -97,7 +99,9 @@ fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 enum Centering {
     Sinkhorn,
     /// softmax centering with the fixture's centre, or with a zero centre (a wrong input)
-    Softmax { zero_center: bool },
+    Softmax {
+        zero_center: bool,
+    },
 }
 
 struct DinoRun {
@@ -131,7 +135,8 @@ fn dino_run(fx: &Fixture, device: &Device, centering: Centering, swap: bool) -> 
     let crops = targets.clone().chunk(2, 0);
     let local = dino_loss(&student_local.clone().chunk(N_LOCAL_CROPS, 0), &crops, STUDENT_TEMP)
         .div_scalar(DINO_LOSS_TERMS);
-    let matched = if swap { Tensor::cat(vec![crops[1].clone(), crops[0].clone()], 0) } else { targets.clone() };
+    let matched =
+        if swap { Tensor::cat(vec![crops[1].clone(), crops[0].clone()], 0) } else { targets.clone() };
     let global = dino_loss(&[student_global.clone()], &[matched], STUDENT_TEMP)
         .mul_scalar(GLOBAL_LOSS_SCALE)
         .div_scalar(DINO_LOSS_TERMS);
@@ -150,8 +155,18 @@ fn check_dino(case: &str, fx: &Fixture, run: &DinoRun) {
     check(&format!("{case} targets"), &run.targets, &fx.values("targets"), TOL);
     check(&format!("{case} local loss"), &run.local_loss, &fx.values("local_loss"), TOL);
     check(&format!("{case} global loss"), &run.global_loss, &fx.values("global_loss"), TOL);
-    check(&format!("{case} d/d global logits"), &run.grad_student_global, &fx.values("grad_student_global"), TOL);
-    check(&format!("{case} d/d local logits"), &run.grad_student_local, &fx.values("grad_student_local"), TOL);
+    check(
+        &format!("{case} d/d global logits"),
+        &run.grad_student_global,
+        &fx.values("grad_student_global"),
+        TOL,
+    );
+    check(
+        &format!("{case} d/d local logits"),
+        &run.grad_student_local,
+        &fx.values("grad_student_local"),
+        TOL,
+    );
 }
 
 #[test]
@@ -189,7 +204,9 @@ fn ibot_inputs(fx: &Fixture) -> IbotInputs {
     let teacher = fx.values("teacher_patches");
     let prototypes = shape[1];
     let masked: Vec<usize> = (0..mask.len()).filter(|&i| mask[i] != 0).collect();
-    let rows_of = |all: &[f32]| masked.iter().flat_map(|&i| all[i * prototypes..(i + 1) * prototypes].to_vec()).collect();
+    let rows_of = |all: &[f32]| {
+        masked.iter().flat_map(|&i| all[i * prototypes..(i + 1) * prototypes].to_vec()).collect()
+    };
     let weights = masked
         .iter()
         .map(|&i| {
@@ -225,7 +242,12 @@ fn ibot_loss_matches_the_official_code() {
     let inputs = ibot_inputs(&fx);
     // one image has no masked patch: it counts in the division all the same
     assert_eq!((inputs.rows, inputs.images), (9, 4));
-    check("ibot masks_weight", &inputs.weights, &fx.values("masks_weight"), Tolerance { abs: 0.0, rel: 1e-7 });
+    check(
+        "ibot masks_weight",
+        &inputs.weights,
+        &fx.values("masks_weight"),
+        Tolerance { abs: 0.0, rel: 1e-7 },
+    );
     let [targets, loss, grad] = ibot_run(&inputs, &ndarray_device(), inputs.images);
     check("ibot targets", &targets, &fx.values("targets"), TOL);
     check("ibot loss", &loss, &fx.values("loss"), TOL);
@@ -302,7 +324,12 @@ fn the_comparisons_catch_wrong_formulas() {
     // the teacher crops not swapped: student crop A against teacher crop A
     let fx = Fixture::new("dino_sinkhorn");
     let unswapped = dino_run(&fx, &device, Centering::Sinkhorn, false);
-    check_differs("dino: unswapped teacher crops, global loss", &unswapped.global_loss, &fx.values("global_loss"), TOL);
+    check_differs(
+        "dino: unswapped teacher crops, global loss",
+        &unswapped.global_loss,
+        &fx.values("global_loss"),
+        TOL,
+    );
     check_differs(
         "dino: unswapped teacher crops, d/d global logits",
         &unswapped.grad_student_global,
@@ -333,5 +360,10 @@ fn the_comparisons_catch_wrong_formulas() {
     let row0 = x[..d].to_vec();
     x[7 * d..8 * d].copy_from_slice(&row0);
     let loss = host(koleo_loss(tensor(x, [8, d], &device)));
-    check_differs("koleo: row 7 an exact duplicate of row 0, loss", &loss, &fx.values("duplicates.loss"), TOL);
+    check_differs(
+        "koleo: row 7 an exact duplicate of row 0, loss",
+        &loss,
+        &fx.values("duplicates.loss"),
+        TOL,
+    );
 }
