@@ -11,6 +11,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temp_path(path);
     let result = (|| {
         let mut file = std::fs::File::create(&tmp)?;
+        if fault_injected(path) {
+            // a crash in the middle of the write, for the tests of atomicity
+            file.write_all(&bytes[..bytes.len() / 2])?;
+            file.sync_all()?;
+            std::process::abort();
+        }
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)
@@ -20,6 +26,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         return Err(Error::io(path, e));
     }
     Ok(())
+}
+
+/// `DINOV2_FAULT_ABORT_WRITING=<file name>`: abort the process halfway through writing that
+/// file (tests use it to show a crash never leaves a half-written output).
+fn fault_injected(path: &Path) -> bool {
+    std::env::var_os("DINOV2_FAULT_ABORT_WRITING")
+        .is_some_and(|name| path.file_name().is_some_and(|n| n == name.as_os_str()))
 }
 
 fn temp_path(path: &Path) -> PathBuf {

@@ -28,18 +28,21 @@ enum SourceKind {
 impl TensorSource {
     /// Open a checkpoint file; the format is told by its first bytes, not its name.
     pub fn open(path: &Path) -> Result<Self> {
-        let mut head = [0u8; 8];
-        {
+        let mut head = [0u8; 9];
+        let n = {
             use std::io::Read;
             let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-            let n = file.read(&mut head).map_err(|e| Error::io(path, e))?;
-            if n < 8 {
-                return Err(Error::checkpoint(path, format!("file is {n} bytes long: not a checkpoint")));
-            }
+            file.read(&mut head).map_err(|e| Error::io(path, e))?
+        };
+        if n < 8 {
+            return Err(Error::checkpoint(path, format!("file is {n} bytes long: not a checkpoint")));
         }
+        // safetensors: a little-endian u64 header length, then the JSON header ("{"). Checked
+        // first: the length's low byte can be anything, 0x80 included.
+        let safetensors = n == 9 && head[8] == b'{';
         // A ZIP archive (torch.save since 1.6) starts with "PK"; the legacy pickle stream with
         // the pickle protocol byte 0x80. Anything else is tried as safetensors.
-        if head.starts_with(b"PK") || head[0] == 0x80 {
+        if !safetensors && (head.starts_with(b"PK") || head[0] == 0x80) {
             Self::open_pickle(path)
         } else {
             Self::open_safetensors(path)

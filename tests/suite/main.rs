@@ -9,3 +9,4 @@ mod kernels;
 mod losses;
 mod pos_embed;
 mod preprocess;
+mod training;

@@ -1,0 +1,437 @@
+//! Pretraining end to end on a micro recipe: exact resume after `kill -9`, a crash during a
+//! checkpoint write, a non-finite loss, the wgpu path against ndarray, efficient stochastic
+//! depth against the masked formulation, the exported backbone, and the k-NN probe.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use burn::tensor::{Distribution, Tensor};
+use burn::module::Module;
+use dinov2_wgpu::train::TrainConfig;
+use dinov2_wgpu::train::head::HeadConfig;
+use dinov2_wgpu::train::params::HostTensor;
+use dinov2_wgpu::train::trainer::{self, read_checkpoint};
+
+use crate::common::*;
+
+/// The tiny recipe shrunk so a step takes milliseconds: 14 px global crops (2 × 2 patches of
+/// 7), two 7 px local crops, batch 4, stochastic depth on, a checkpoint every step.
+fn micro_config() -> TrainConfig {
+    let mut c = TrainConfig::tiny();
+    c.arch.embed_dim = 128;
+    c.arch.num_heads = 2;
+    c.arch.depth = 2;
+    c.arch.ffn_hidden = 128;
+    c.arch.patch_size = 7;
+    c.arch.pos_grid = 2;
+    c.crops.global_size = 14;
+    c.crops.local_size = 7;
+    c.crops.n_local = 2;
+    c.batch_size = 4;
+    c.total_steps = 8;
+    c.epoch_length = 2;
+    c.warmup_epochs = 1.0;
+    c.warmup_teacher_temp_epochs = 1.0;
+    c.dino_head = HeadConfig { n_prototypes: 64, hidden_dim: 32, bottleneck_dim: 16, n_layers: 3 };
+    c.ibot_head = c.dino_head.clone();
+    c.drop_path_rate = 0.25;
+    c.checkpoint_every = 1;
+    c
+}
+
+/// `n` random 28 × 28 PNGs per class; class `k` has mean brightness `60 + 120 k`.
+fn image_folder(dir: &Path, classes: usize, n: usize, seed: u64) {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) as u32
+    };
+    for k in 0..classes {
+        let class_dir = dir.join(format!("class{k}"));
+        std::fs::create_dir_all(&class_dir).unwrap();
+        for i in 0..n {
+            let base = 60 + 120 * k as u32;
+            let img = image::RgbImage::from_fn(28, 28, |_, _| {
+                let v = (base + next() % 60).min(255) as u8;
+                image::Rgb([v, v / 2 + next() as u8 % 64, 255 - v])
+            });
+            img.save(class_dir.join(format!("{i}.png"))).unwrap();
+        }
+    }
+}
+
+fn write_config(path: &Path, c: &TrainConfig) {
+    std::fs::write(path, serde_json::to_string_pretty(c).unwrap()).unwrap();
+}
+
+fn dinov2(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dinov2")).args(args).output().expect("run dinov2")
+}
+
+fn train_args<'a>(config: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec!["train", "--config", config, "--data", data, "--out", out, "--backend", "ndarray", "--quiet"]
+}
+
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.join(trainer::METRICS))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["step"].as_u64().unwrap(), v["loss"]["total"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+fn model_tensors(run: &Path) -> BTreeMap<String, HostTensor> {
+    let saved = read_checkpoint(&run.join(trainer::CHECKPOINT)).unwrap();
+    saved.tensors
+}
+
+fn assert_same_run(a: &Path, b: &Path, what: &str) {
+    let (la, lb) = (losses(a), losses(b));
+    assert_eq!(la, lb, "{what}: loss sequences differ");
+    let (ta, tb) = (model_tensors(a), model_tensors(b));
+    assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>(), "{what}: tensor names differ");
+    for (name, x) in &ta {
+        assert!(x == &tb[name], "{what}: tensor {name} differs (max abs {})", max_abs_diff(&x.data, &tb[name].data));
+    }
+}
+
+#[test]
+fn resume_after_a_stop_or_kill_9_repeats_the_uninterrupted_run_exactly() {
+    let dir = Scratch::new("train-resume");
+    let data = dir.join("data");
+    image_folder(&data, 2, 6, 1);
+    let config = dir.join("micro.json");
+    write_config(&config, &micro_config());
+    let (config, data) = (s(&config), s(&data));
+
+    let straight = dir.join("straight");
+    let run = dinov2(&train_args(config, data, s(&straight)));
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(losses(&straight).len(), 8);
+    assert_eq!(read_checkpoint(&straight.join(trainer::CHECKPOINT)).unwrap().step, 8);
+
+    // a clean stop after 3 steps, then --resume
+    let stopped = dir.join("stopped");
+    let mut args = train_args(config, data, s(&stopped));
+    args.extend(["--steps", "3"]);
+    assert!(dinov2(&args).status.success());
+    assert_eq!(read_checkpoint(&stopped.join(trainer::CHECKPOINT)).unwrap().step, 3);
+    let mut args = train_args(config, data, s(&stopped));
+    args.push("--resume");
+    let run = dinov2(&args);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_same_run(&straight, &stopped, "stop + resume");
+
+    // kill -9 once some steps are checkpointed, then --resume
+    let killed = dir.join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dinov2"))
+        .args(train_args(config, data, s(&killed)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let steps = std::fs::read_to_string(killed.join(trainer::METRICS)).map_or(0, |t| t.lines().count());
+        if steps >= 3 {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        assert!(started.elapsed() < Duration::from_secs(300), "no progress");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "killed before finishing");
+    let at_kill = read_checkpoint(&killed.join(trainer::CHECKPOINT)).unwrap().step;
+    assert!(at_kill < 8, "killed at step {at_kill}");
+    let mut args = train_args(config, data, s(&killed));
+    args.push("--resume");
+    let run = dinov2(&args);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_same_run(&straight, &killed, &format!("kill -9 after step {at_kill} + resume"));
+}
+
+#[test]
+fn a_crash_while_writing_a_checkpoint_leaves_the_previous_one_loadable() {
+    let dir = Scratch::new("train-crash");
+    let data = dir.join("data");
+    image_folder(&data, 1, 6, 2);
+    let config = dir.join("micro.json");
+    write_config(&config, &micro_config());
+    let out = dir.join("run");
+    let mut args = train_args(s(&config), s(&data), s(&out));
+    args.extend(["--steps", "2"]);
+    assert!(dinov2(&args).status.success());
+    let before = std::fs::read(out.join(trainer::CHECKPOINT)).unwrap();
+
+    let mut args = train_args(s(&config), s(&data), s(&out));
+    args.extend(["--resume", "--steps", "1"]);
+    let crashed = Command::new(env!("CARGO_BIN_EXE_dinov2"))
+        .args(&args)
+        .env("DINOV2_FAULT_ABORT_WRITING", trainer::CHECKPOINT)
+        .output()
+        .unwrap();
+    assert!(!crashed.status.success(), "the injected crash did not happen");
+    // the half-written temporary file is there; the checkpoint is the step-2 one, whole
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert_eq!(leftovers.len(), 1, "expected the interrupted temporary file");
+    assert_eq!(std::fs::read(out.join(trainer::CHECKPOINT)).unwrap(), before);
+    assert_eq!(read_checkpoint(&out.join(trainer::CHECKPOINT)).unwrap().step, 2);
+    let mut args = train_args(s(&config), s(&data), s(&out));
+    args.extend(["--resume", "--steps", "1"]);
+    assert!(dinov2(&args).status.success());
+    assert_eq!(read_checkpoint(&out.join(trainer::CHECKPOINT)).unwrap().step, 3);
+}
+
+#[test]
+fn a_non_finite_loss_stops_training_with_one_line_and_keeps_the_last_checkpoint() {
+    let dir = Scratch::new("train-nan");
+    let data = dir.join("data");
+    image_folder(&data, 1, 6, 3);
+    let mut c = micro_config();
+    c.base_lr = 1e30;
+    c.warmup_epochs = 0.0;
+    c.clip_grad = 0.0;
+    let config = dir.join("explode.json");
+    write_config(&config, &c);
+    let out = dir.join("run");
+    let run = dinov2(&train_args(s(&config), s(&data), s(&out)));
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let error: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(error.len(), 1, "{stderr}");
+    assert!(error[0].contains("non-finite"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let saved = read_checkpoint(&out.join(trainer::CHECKPOINT)).unwrap();
+    assert!(saved.step >= 1 && saved.step < 8, "stopped at {}", saved.step);
+    assert!(error[0].contains(&format!("(step {})", saved.step)), "{stderr}");
+}
+
+#[test]
+fn the_recipe_gives_the_same_losses_on_wgpu_as_on_ndarray() {
+    use dinov2_wgpu::train::trainer::{Centers, SslModel, make_batch, step_loss};
+    let dir = Scratch::new("train-wgpu");
+    let data_dir = dir.join("data");
+    image_folder(&data_dir, 1, 8, 4);
+    let data = dinov2_wgpu::train::data::Dataset::open(s(&data_dir)).unwrap();
+    let mut c = micro_config();
+    c.arch.depth = 1;
+    let cpu = ndarray_device();
+    let gpu = wgpu_device();
+    let reference = SslModel::new(&c, &cpu.clone().autodiff());
+    let mut weights = dinov2_wgpu::train::params::named_params(&reference).unwrap();
+    // LayerScale at 1e-5 makes every CLS feature nearly the same, and KoLeo's nearest
+    // neighbours then ties decided by rounding: give the blocks weight
+    for (name, t) in weights.iter_mut() {
+        if name.ends_with(".ls1") || name.ends_with(".ls2") {
+            t.data.iter_mut().for_each(|v| *v = 1.0);
+        }
+    }
+    let batch = make_batch(&c, &data, &[0, 1, 2, 3], 5).unwrap();
+    let mut results = Vec::new();
+    for device in [&cpu, &gpu] {
+        let ad = device.clone().autodiff();
+        let student = SslModel::new(&c, &ad);
+        let student = dinov2_wgpu::train::params::load_named_params(student, &weights, "").unwrap();
+        let teacher = student.valid();
+        let mut centers = Centers { dino: None, ibot: None };
+        let (total, parts) = step_loss(&c, &student, &teacher, &batch, 0.05, &mut centers, &ad);
+        let grads = total.backward();
+        let grad = student.backbone.blocks[0].attn.qkv.weight.val().grad(&grads).unwrap();
+        let mut values = Vec::new();
+        for t in std::iter::once(total).chain(parts) {
+            values.push(t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()[0]);
+        }
+        results.push((values, grad.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()));
+    }
+    let (cpu_loss, cpu_grad) = &results[0];
+    let (gpu_loss, gpu_grad) = &results[1];
+    for (a, b) in cpu_loss.iter().zip(gpu_loss) {
+        assert!(a.is_finite() && (a - b).abs() <= 1e-4 * (1.0 + a.abs()), "losses {cpu_loss:?} vs {gpu_loss:?}");
+    }
+    let scale = cpu_grad.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let err = max_abs_diff(cpu_grad, gpu_grad);
+    // the gradient passes through Sinkhorn-Knopp, KoLeo's nearest neighbours and two heads in a
+    // different summation order on each backend: 0.1% of its largest entry was measured
+    assert!(scale > 0.0 && err <= 3e-3 * scale, "qkv gradient max abs error {err} (scale {scale})");
+}
+
+#[test]
+fn efficient_stochastic_depth_equals_the_masked_formulation() {
+    use dinov2_wgpu::model::block::drop_add_residual;
+    let device = ndarray_device();
+    device.seed(7);
+    let (b, n, d) = (4, 3, 8);
+    let x = Tensor::<3>::random([b, n, d], Distribution::Normal(0.0, 1.0), &device);
+    let w = Tensor::<2>::random([d, d], Distribution::Normal(0.0, 1.0), &device);
+    // a per-sample residual branch (a token-wise MLP, as attention and the FFN are per sample)
+    let residual = |x: Tensor<3>| burn::tensor::activation::gelu(x.matmul(w.clone().unsqueeze::<3>()));
+    let full = host(x.clone() + residual(x.clone()));
+    let plain = host(x.clone());
+    let mut mean = vec![0.0f32; full.len()];
+    let subsets: Vec<Vec<usize>> = (0..b).flat_map(|i| (i + 1..b).map(move |j| vec![i, j])).collect();
+    for kept in &subsets {
+        let got = host(drop_add_residual(x.clone(), kept, residual));
+        // the masked formulation: x + mask · (B / kept) · residual(x)
+        let row = n * d;
+        for s in 0..b {
+            for e in 0..row {
+                let i = s * row + e;
+                let want =
+                    if kept.contains(&s) { plain[i] + (full[i] - plain[i]) * b as f32 / 2.0 } else { plain[i] };
+                assert!((got[i] - want).abs() <= 1e-5 * (1.0 + want.abs()), "sample {s} kept {kept:?}");
+            }
+        }
+        for (m, g) in mean.iter_mut().zip(&got) {
+            *m += g / subsets.len() as f32;
+        }
+    }
+    // every subset of 2 of 4 equally likely: the expectation is the full residual
+    let err = max_abs_diff(&mean, &full);
+    assert!(err < 1e-5, "expectation differs by {err}");
+    // keeping everyone is the plain block
+    assert_eq!(host(drop_add_residual(x.clone(), &[0, 1, 2, 3], residual)), full);
+}
+
+#[test]
+fn an_exported_backbone_reloads_to_the_same_features() {
+    use dinov2_wgpu::checkpoint::{LoadOptions, read_backbone};
+    use dinov2_wgpu::model::DinoVisionTransformer;
+    let dir = Scratch::new("export");
+    let device = ndarray_device();
+    for arch in ["tiny", "vits14_reg4"] {
+        let mut config = dinov2_wgpu::config::VitConfig::preset(arch).unwrap();
+        config.depth = 2;
+        if arch != "tiny" {
+            config.ffn = dinov2_wgpu::config::FfnKind::Swiglu;
+            config.ffn_hidden = dinov2_wgpu::config::swiglu_hidden(4 * config.embed_dim);
+        }
+        device.seed(11);
+        let mut model = DinoVisionTransformer::new(&config, &device);
+        // LayerScale at 1e-5 would hide a wrong block weight: make every block matter
+        for block in &mut model.blocks {
+            block.ls1 = burn::module::Param::from_tensor(Tensor::ones([config.embed_dim], &device));
+            block.ls2 = burn::module::Param::from_tensor(Tensor::ones([config.embed_dim], &device));
+        }
+        let path = dir.join(&format!("{arch}.safetensors"));
+        dinov2_wgpu::checkpoint::export::write_backbone(&model, &path).unwrap();
+        let weights = read_backbone(&path, &LoadOptions::default()).unwrap();
+        assert_eq!(weights.config, config, "{arch}: architecture from the metadata");
+        let reloaded = DinoVisionTransformer::from_weights(&weights, &device).unwrap();
+        let size = 2 * config.patch_size * 2;
+        let images = Tensor::<4>::random([2, 3, size, size], Distribution::Normal(0.0, 1.0), &device);
+        let a = model.forward_features(images.clone());
+        let b = reloaded.forward_features(images);
+        assert_eq!(host(a.cls), host(b.cls), "{arch}");
+        assert_eq!(host(a.patch), host(b.patch), "{arch}");
+    }
+}
+
+#[test]
+fn knn_votes_as_the_official_protocol() {
+    use dinov2_wgpu::eval::knn::knn_top1;
+    // an independent oracle: full sort of the similarities, softmax weights, vote
+    let (n_train, n_test, d, classes) = (300, 80, 6, 4);
+    let mut state = 12345u64;
+    let mut rand = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+        ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    };
+    let train_labels: Vec<usize> = (0..n_train).map(|i| i % classes).collect();
+    let test_labels: Vec<usize> = (0..n_test).map(|i| (i * 7) % classes).collect();
+    let centre = |c: usize, e: usize| if e % classes == c { 0.6 } else { 0.0 };
+    let mut make = |labels: &[usize]| -> Vec<f32> {
+        labels.iter().flat_map(|&c| (0..d).map(|e| centre(c, e) + rand()).collect::<Vec<_>>()).collect()
+    };
+    let train = make(&train_labels);
+    let test = make(&test_labels);
+    let ks = [1, 5, 20, 100];
+    let got = knn_top1(&train, &train_labels, &test, &test_labels, d, &ks, 0.07, &ndarray_device()).unwrap();
+    let norm = |v: &[f32]| -> Vec<f64> {
+        let n = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        v.iter().map(|x| *x as f64 / n).collect()
+    };
+    for (slot, &k) in ks.iter().enumerate() {
+        let mut correct = 0;
+        for t in 0..n_test {
+            let q = norm(&test[t * d..(t + 1) * d]);
+            let mut sims: Vec<(f64, usize)> = (0..n_train)
+                .map(|j| (norm(&train[j * d..(j + 1) * d]).iter().zip(&q).map(|(a, b)| a * b).sum(), j))
+                .collect();
+            sims.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let top = &sims[..k];
+            let z: f64 = top.iter().map(|(s, _)| (s / 0.07).exp()).sum();
+            let mut votes = vec![0.0; classes];
+            for (s, j) in top {
+                votes[train_labels[*j]] += (s / 0.07).exp() / z;
+            }
+            let best = (0..classes).max_by(|a, b| votes[*a].total_cmp(&votes[*b])).unwrap();
+            correct += (best == test_labels[t]) as usize;
+        }
+        let want = correct as f64 / n_test as f64;
+        assert_eq!(got[slot].0, k);
+        assert!((got[slot].1 - want).abs() < 1e-12, "k={k}: {} vs oracle {want}", got[slot].1);
+    }
+    // the data is learnable but not trivial: the check is not vacuous
+    assert!(got[2].1 > 0.5 && got[2].1 < 1.0, "{got:?}");
+}
+
+#[test]
+fn eval_knn_and_train_from_the_command_line() {
+    let dir = Scratch::new("knn-cli");
+    let (train, test) = (dir.join("train"), dir.join("test"));
+    image_folder(&train, 2, 10, 5);
+    image_folder(&test, 2, 5, 6);
+    let json = dir.join("knn.json");
+    let run = dinov2(&["eval", "knn", "--raw-pixels", "--train", s(&train), "--test", s(&test), "--json", s(&json)]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    // the two classes differ in mean brightness by 120 grey levels: pixels separate them
+    assert_eq!(v["top1"]["20"].as_f64(), Some(1.0), "{v}");
+    assert_eq!(v["top1"].as_object().unwrap().len(), 4);
+
+    // two steps of training, then k-NN on the run folder (the teacher)
+    let config = dir.join("micro.json");
+    write_config(&config, &micro_config());
+    let out = dir.join("run");
+    let mut args = train_args(s(&config), s(&train), s(&out));
+    args.extend(["--steps", "2"]);
+    let run = dinov2(&args);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let run = dinov2(&["eval", "knn", "--weights", s(&out), "--train", s(&train), "--test", s(&test), "--backend", "ndarray"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(stdout.lines().filter(|l| l.contains("top-1")).count(), 4, "{stdout}");
+    // a run folder is also what pca takes
+    let png = dir.join("pca.png");
+    let image = train.join("class0/0.png");
+    let run = dinov2(&["pca", "--weights", s(&out), "--size", "28", "--output", s(&png), s(&image)]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+
+    // bad input: one line, non-zero exit
+    let run = dinov2(&["eval", "knn", "--raw-pixels", "--train", s(&dir.join("nowhere")), "--test", s(&test)]);
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let run = dinov2(&["train", "--data", s(&train), "--out", s(&dir.join("x")), "--batch-size", "1"]);
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("batch_size"));
+}
+
+fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
