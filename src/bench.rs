@@ -1,3 +1,4 @@
+//! `dinov2 bench train`: images per second and peak memory of training steps.
 //! `dinov2 bench kernels`: the WGSL kernels against their composed references (and burn's
 //! built-in attention for the forward), timed on one device in one run: medians of several
 //! runs after a warm-up that compiles (and autotunes) every kernel, device memory per op, and
@@ -312,3 +313,61 @@ pub fn table_row(r: &Record) -> String {
 }
 
 pub const TABLE_HEADER: &str = "| op | shape | fused ms | reference ms | built-in ms | vs reference | vs built-in | fused MiB | reference MiB | memory ratio | max diff |\n|---|---|---|---|---|---|---|---|---|---|---|";
+
+/// What `bench train` measured on one device.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainBench {
+    pub images_per_second: f64,
+    pub ms_per_step: f64,
+    /// Peak memory of the training state and steps.
+    pub peak_bytes: Option<u64>,
+    /// How the memory was measured.
+    pub memory_kind: &'static str,
+}
+
+/// Peak resident memory of this process (`VmHWM`), Linux only.
+fn process_peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kib| kib * 1024)
+}
+
+/// Time `steps` training steps (after one warm-up step that compiles the kernels) of recipe
+/// `c` on `device`, batches made from `data` as in training (their making is timed too).
+/// Memory: on wgpu the device pool's reservation beyond what it held before (the pools only
+/// grow between clean-ups, so after the steps it is their peak); on the CPU the growth of the
+/// process's peak resident memory (so run the CPU backend first in one process).
+pub fn bench_train(
+    c: &crate::train::TrainConfig,
+    data: &crate::train::data::Dataset,
+    device: &Device,
+    steps: usize,
+) -> Result<TrainBench> {
+    use crate::train::trainer::{TrainState, make_batch};
+    device.memory_cleanup();
+    let pool_before = device.memory_pool_usage().map(|u| u.bytes_reserved);
+    let rss_before = process_peak_rss();
+    let mut state = TrainState::new(c, device);
+    let indices: Vec<usize> = (0..c.batch_size).map(|i| i % data.len()).collect();
+    let batch = make_batch(c, data, &indices, 0)?;
+    state.step(c, &batch, 0)?;
+    sync(device)?;
+    let start = Instant::now();
+    for step in 1..=steps {
+        let batch = make_batch(c, data, &indices, step)?;
+        state.step(c, &batch, step)?;
+    }
+    sync(device)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let pool_after = device.memory_pool_usage().map(|u| u.bytes_reserved);
+    let (peak_bytes, memory_kind) = match (pool_before, pool_after) {
+        (Some(b), Some(a)) => (Some(a.saturating_sub(b)), "device pool reserved"),
+        _ => (process_peak_rss().zip(rss_before).map(|(a, b)| a.saturating_sub(b)), "process peak RSS growth"),
+    };
+    Ok(TrainBench {
+        images_per_second: (steps * c.batch_size) as f64 / seconds,
+        ms_per_step: seconds * 1e3 / steps as f64,
+        peak_bytes,
+        memory_kind,
+    })
+}

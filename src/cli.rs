@@ -92,6 +92,9 @@ pub struct TrainArgs {
     /// Print the recipe as JSON and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Keep the teacher backbone of every checkpoint in RUN_DIR/snapshots/ (learning curves).
+    #[arg(long)]
+    pub keep_snapshots: bool,
     /// Compute backend: auto (wgpu on a hardware GPU, else ndarray), wgpu or ndarray.
     #[arg(long, default_value = "auto")]
     pub backend: String,
@@ -125,6 +128,12 @@ pub struct KnnArgs {
     /// Square input size; default: the run's global crop size, 224 for other weights.
     #[arg(long)]
     pub size: Option<usize>,
+    /// Use only the first N images of --train (a quick estimate).
+    #[arg(long)]
+    pub limit_train: Option<usize>,
+    /// Use only the first N images of --test.
+    #[arg(long)]
+    pub limit_test: Option<usize>,
     /// k-NN on the normalised pixels instead of features (the raw-pixel baseline).
     #[arg(long)]
     pub raw_pixels: bool,
@@ -233,6 +242,8 @@ pub struct InfoArgs {
 pub enum BenchCommand {
     /// Images per second of feature extraction on each backend, with the ratio to the first.
     Embed(BenchEmbedArgs),
+    /// Training throughput (images/s) and peak memory of a recipe on each backend.
+    Train(BenchTrainArgs),
     /// The WGSL kernels against their composed references and burn's built-in attention:
     /// median times, device memory, differences; a Markdown table and optionally JSON.
     Kernels(BenchKernelsArgs),
@@ -256,6 +267,25 @@ pub struct BenchKernelsArgs {
     /// sinkhorn, koleo.
     #[arg(long, value_delimiter = ',')]
     pub ops: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchTrainArgs {
+    /// Recipe preset.
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    /// Images per step (default: the recipe's).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Timed steps per backend, after one warm-up step.
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Backends, comma-separated; the first is the baseline of the ratios.
+    #[arg(long, default_value = "ndarray,wgpu")]
+    pub backends: String,
+    /// Images: a folder, fashion-mnist-train, ... (default: the bundled photographs).
+    #[arg(long)]
+    pub data: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -288,6 +318,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(EvalCommand::Knn(args)) => knn_command(args),
         Command::Bench(BenchCommand::Embed(args)) => bench_embed(args),
         Command::Bench(BenchCommand::Kernels(args)) => bench_kernels(args),
+        Command::Bench(BenchCommand::Train(args)) => bench_train(args),
     }
 }
 
@@ -561,6 +592,7 @@ fn train_command(args: TrainArgs) -> Result<()> {
         max_minutes: args.max_minutes,
         resume: args.resume,
         progress: !args.quiet,
+        keep_snapshots: args.keep_snapshots,
     };
     let summary = crate::train::train(&config, &data, &device, &options)?;
     eprintln!(
@@ -584,8 +616,14 @@ fn knn_command(args: KnnArgs) -> Result<()> {
         return Err(Error::Usage("--batch-size must be at least 1".into()));
     }
     let run_size = args.weights.as_deref().and_then(crate::train::trainer::run_crop_size);
-    let train = Dataset::open(&args.train)?;
-    let test = Dataset::open(&args.test)?;
+    let mut train = Dataset::open(&args.train)?;
+    let mut test = Dataset::open(&args.test)?;
+    if let Some(n) = args.limit_train {
+        train.truncate(n);
+    }
+    if let Some(n) = args.limit_test {
+        test.truncate(n);
+    }
     let train_labels = train.require_labels()?.to_vec();
     let test_labels = test.require_labels()?.to_vec();
     let device = open_device(&args.backend)?;
@@ -659,6 +697,47 @@ fn bench_kernels(args: BenchKernelsArgs) -> Result<()> {
             .map_err(|e| Error::Usage(format!("cannot encode JSON: {e}")))?;
         crate::io::write_atomic(path, text.as_bytes())?;
         println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn bench_train(args: BenchTrainArgs) -> Result<()> {
+    let mut config = crate::train::TrainConfig::preset(&args.preset)?;
+    if let Some(b) = args.batch_size {
+        config.batch_size = b;
+    }
+    config.validate().map_err(Error::Config)?;
+    if args.steps == 0 {
+        return Err(Error::Usage("--steps must be at least 1".into()));
+    }
+    let data = crate::train::data::Dataset::open(args.data.as_deref().unwrap_or(BUNDLED_IMAGES))?;
+    let kinds = args.backends.split(',').map(BackendKind::parse).collect::<Result<Vec<_>>>()?;
+    println!(
+        "training benchmark: {} recipe ({:.1}M backbone params), batch {}, {}+{} crops of {}/{} px, {} timed steps after 1 warm-up",
+        args.preset,
+        config.arch.num_params() as f64 / 1e6,
+        config.batch_size,
+        config.crops.n_global,
+        config.crops.n_local,
+        config.crops.global_size,
+        config.crops.local_size,
+        args.steps
+    );
+    let mut baseline: Option<(f64, &str)> = None;
+    for kind in kinds {
+        let device = backend::device(kind)?;
+        let result = crate::bench::bench_train(&config, &data, &device, args.steps)?;
+        let (base, base_name) = *baseline.get_or_insert((result.images_per_second, kind.name()));
+        println!(
+            "{:8} {:8.2} images/s ({:.2}x the {} baseline), {:6.0} ms/step, peak memory {} ({})",
+            kind.name(),
+            result.images_per_second,
+            result.images_per_second / base,
+            base_name,
+            result.ms_per_step,
+            result.peak_bytes.map_or("n/a".to_string(), |b| format!("{:.0} MiB", b as f64 / (1 << 20) as f64)),
+            result.memory_kind
+        );
     }
     Ok(())
 }

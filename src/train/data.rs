@@ -30,6 +30,22 @@ impl Dataset {
         }
     }
 
+    /// Keep only the first `n` images (quick evaluations on a subset).
+    pub fn truncate(&mut self, n: usize) {
+        match self {
+            Self::Grey { pixels, side, labels, .. } => {
+                labels.truncate(n);
+                pixels.truncate(labels.len() * *side * *side);
+            }
+            Self::Files { files, labels, .. } => {
+                files.truncate(n);
+                if let Some(l) = labels {
+                    l.truncate(n);
+                }
+            }
+        }
+    }
+
     pub fn len(&self) -> usize {
         match self {
             Self::Grey { labels, .. } => labels.len(),

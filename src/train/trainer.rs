@@ -342,6 +342,9 @@ pub struct RunOptions {
     pub max_minutes: Option<f64>,
     pub resume: bool,
     pub progress: bool,
+    /// Also keep the teacher backbone of every checkpoint as `snapshots/teacher_step{N}.safetensors`
+    /// (for learning curves).
+    pub keep_snapshots: bool,
 }
 
 /// What a run did.
@@ -360,6 +363,110 @@ pub const METRICS: &str = "metrics.jsonl";
 pub const CONFIG: &str = "config.json";
 
 /// Train `c` on `data` into `options.out`.
+/// Everything a run carries from step to step.
+pub struct TrainState {
+    pub student: SslModel,
+    pub teacher: SslModel,
+    pub optimizer: AdamW,
+    pub centers: Centers,
+    pub schedules: Schedules,
+    /// The student's (autodiff) device.
+    pub device: Device,
+}
+
+/// What one step did.
+pub struct StepOutcome {
+    pub loss: LossParts,
+    pub rates: StepRates,
+    pub momentum: f64,
+    pub teacher_temp: f64,
+    pub report: super::optim::StepReport,
+}
+
+impl TrainState {
+    /// A new run: the student initialised from `c.seed`, the teacher its copy.
+    pub fn new(c: &TrainConfig, device: &Device) -> Self {
+        let ad = device.clone().autodiff();
+        device.seed(c.seed);
+        let student = SslModel::new(c, &ad);
+        let teacher = student.valid();
+        let rules = GroupRules {
+            layer_decay: c.layerwise_decay,
+            depth: c.arch.depth,
+            patch_embed_lr_mult: c.patch_embed_lr_mult,
+            clip_grad: c.clip_grad,
+        };
+        Self {
+            student,
+            teacher,
+            optimizer: AdamW::new(c.adamw_betas.0, c.adamw_betas.1, rules),
+            centers: Centers { dino: None, ibot: None },
+            schedules: Schedules::new(c),
+            device: ad,
+        }
+    }
+
+    /// Continue from a checkpoint's tensors.
+    pub fn load(mut self, saved: &SavedRun, path: &Path) -> Result<Self> {
+        self.student = load_named_params(self.student, &saved.tensors, "student.").map_err(|e| ckpt_err(path, e))?;
+        self.teacher = load_named_params(self.teacher, &saved.tensors, "teacher.").map_err(|e| ckpt_err(path, e))?;
+        let opt_state: BTreeMap<String, HostTensor> = saved
+            .tensors
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix("optimizer.").map(|k| (k.to_string(), v.clone())))
+            .collect();
+        self.optimizer.load_state(&opt_state, &self.device);
+        let plain = self.device.clone().inner();
+        let center = |name: &str| {
+            saved.tensors.get(name).map(|h| Tensor::<2>::from_data(TensorData::new(h.data.clone(), [1, h.data.len()]), &plain))
+        };
+        self.centers = Centers { dino: center("center.dino"), ibot: center("center.ibot") };
+        Ok(self)
+    }
+
+    /// One training step on `batch`: losses, backward, AdamW, EMA teacher. A non-finite loss
+    /// is an error and leaves the models untouched.
+    pub fn step(&mut self, c: &TrainConfig, batch: &Batch, step: usize) -> Result<StepOutcome> {
+        let teacher_temp = self.schedules.teacher_temp.at(step);
+        let mut centers = Centers { dino: self.centers.dino.clone(), ibot: self.centers.ibot.clone() };
+        let (total, parts) = step_loss(c, &self.student, &self.teacher, batch, teacher_temp, &mut centers, &self.device);
+        let values = Tensor::cat(std::iter::once(total.clone()).chain(parts).collect(), 0)
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| Error::Device(format!("cannot read the loss back: {e:?}")))?;
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err(Error::Training(format!(
+                "loss became non-finite at step {step} (total {}, parts {:?})",
+                values[0],
+                &values[1..]
+            )));
+        }
+        self.centers = centers;
+        let mut grads = total.backward();
+        let rates = StepRates {
+            lr: self.schedules.lr.at(step),
+            last_layer_lr: self.schedules.last_layer_lr.at(step),
+            weight_decay: self.schedules.weight_decay.at(step),
+        };
+        let freeze = step < c.epochs_to_steps(c.freeze_last_layer_epochs);
+        // modules clone by reference: the clones are the ones mapped
+        let (student, report) = self.optimizer.step(self.student.clone(), &mut grads, rates, freeze);
+        self.student = student;
+        let momentum = self.schedules.momentum.at(step);
+        self.teacher = ema_update(self.teacher.clone(), &self.student, momentum);
+        let loss = LossParts {
+            total: values[0] as f64,
+            dino_local: values[1] as f64,
+            dino_global: values[2] as f64,
+            koleo: values[3] as f64,
+            ibot: values[4] as f64,
+        };
+        Ok(StepOutcome { loss, rates, momentum, teacher_temp, report })
+    }
+}
+
+/// Train `c` on `data` into `options.out`.
 pub fn train(c: &TrainConfig, data: &Dataset, device: &Device, options: &RunOptions) -> Result<RunSummary> {
     c.validate().map_err(Error::Config)?;
     if data.is_empty() {
@@ -368,18 +475,7 @@ pub fn train(c: &TrainConfig, data: &Dataset, device: &Device, options: &RunOpti
     let out = &options.out;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let checkpoint_path = out.join(CHECKPOINT);
-    let ad = device.clone().autodiff();
-    device.seed(c.seed);
-    let mut student = SslModel::new(c, &ad);
-    let mut teacher = student.valid();
-    let rules = GroupRules {
-        layer_decay: c.layerwise_decay,
-        depth: c.arch.depth,
-        patch_embed_lr_mult: c.patch_embed_lr_mult,
-        clip_grad: c.clip_grad,
-    };
-    let mut optimizer = AdamW::new(c.adamw_betas.0, c.adamw_betas.1, rules);
-    let mut centers = Centers { dino: None, ibot: None };
+    let mut state = TrainState::new(c, device);
     let mut start = 0;
     if options.resume && checkpoint_path.exists() {
         let saved = read_checkpoint(&checkpoint_path)?;
@@ -390,19 +486,7 @@ pub fn train(c: &TrainConfig, data: &Dataset, device: &Device, options: &RunOpti
                 out.join(CONFIG).display()
             )));
         }
-        student = load_named_params(student, &saved.tensors, "student.").map_err(|e| ckpt_err(&checkpoint_path, e))?;
-        teacher = load_named_params(teacher, &saved.tensors, "teacher.").map_err(|e| ckpt_err(&checkpoint_path, e))?;
-        let opt_state: BTreeMap<String, HostTensor> = saved
-            .tensors
-            .iter()
-            .filter_map(|(k, v)| k.strip_prefix("optimizer.").map(|k| (k.to_string(), v.clone())))
-            .collect();
-        optimizer.load_state(&opt_state, device);
-        let plain = device.clone().inner();
-        let center = |name: &str| {
-            saved.tensors.get(name).map(|h| Tensor::<2>::from_data(TensorData::new(h.data.clone(), [1, h.data.len()]), &plain))
-        };
-        centers = Centers { dino: center("center.dino"), ibot: center("center.ibot") };
+        state = state.load(&saved, &checkpoint_path)?;
         start = saved.step;
         truncate_metrics(&out.join(METRICS), start)?;
     } else {
@@ -412,10 +496,9 @@ pub fn train(c: &TrainConfig, data: &Dataset, device: &Device, options: &RunOpti
         write_json_atomic(&out.join(CONFIG), c)?;
         let _ = std::fs::remove_file(out.join(METRICS));
         // the network at initialisation, for baselines (`dinov2 eval knn --weights` on it)
-        crate::checkpoint::export::write_backbone(&teacher.backbone, &out.join(INIT_BACKBONE))?;
+        crate::checkpoint::export::write_backbone(&state.teacher.backbone, &out.join(INIT_BACKBONE))?;
     }
 
-    let schedules = Schedules::new(c);
     let end = options.max_steps.map_or(c.total_steps, |m| (start + m).min(c.total_steps)).max(start);
     let bar = if options.progress { ProgressBar::new((end - start) as u64) } else { ProgressBar::hidden() };
     bar.set_style(
@@ -423,90 +506,73 @@ pub fn train(c: &TrainConfig, data: &Dataset, device: &Device, options: &RunOpti
             .expect("valid template")
             .progress_chars("=> "),
     );
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(out.join(METRICS))
-        .map_err(|e| Error::io(&out.join(METRICS), e))?;
+    let metrics_path = out.join(METRICS);
+    let mut metrics =
+        std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
     let started = Instant::now();
     let mut order_cache = None;
     let mut last = None;
     let mut images = 0usize;
     let mut step = start;
-    let freeze_steps = c.epochs_to_steps(c.freeze_last_layer_epochs);
     while step < end {
         if options.max_minutes.is_some_and(|m| started.elapsed().as_secs_f64() > m * 60.0) {
             break;
         }
         let indices = batch_indices(data.len(), c.batch_size, step, c.seed, &mut order_cache);
         let batch = make_batch(c, data, &indices, step)?;
-        let teacher_temp = schedules.teacher_temp.at(step);
-        let (total, parts) = step_loss(c, &student, &teacher, &batch, teacher_temp, &mut centers, &ad);
-        let values = Tensor::cat(std::iter::once(total.clone()).chain(parts).collect(), 0)
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .unwrap_or_default();
-        if values.iter().any(|v| !v.is_finite()) {
-            bar.finish_and_clear();
-            let kept = if checkpoint_path.exists() {
-                format!("the last good checkpoint is {} (step {})", checkpoint_path.display(), read_step(&checkpoint_path).unwrap_or(0))
-            } else {
-                "no checkpoint was written yet".to_string()
-            };
-            return Err(Error::Training(format!(
-                "loss became non-finite at step {step} (total {}, parts {:?}); stopping: {kept}",
-                values[0],
-                &values[1..]
-            )));
-        }
-        let mut grads = total.backward();
-        let rates = StepRates {
-            lr: schedules.lr.at(step),
-            last_layer_lr: schedules.last_layer_lr.at(step),
-            weight_decay: schedules.weight_decay.at(step),
+        let outcome = match state.step(c, &batch, step) {
+            Ok(outcome) => outcome,
+            Err(Error::Training(message)) => {
+                bar.finish_and_clear();
+                let kept = match read_checkpoint(&checkpoint_path) {
+                    Ok(saved) => format!("the last good checkpoint is {} (step {})", checkpoint_path.display(), saved.step),
+                    Err(_) => "no checkpoint was written yet".to_string(),
+                };
+                return Err(Error::Training(format!("{message}; stopping: {kept}")));
+            }
+            Err(e) => return Err(e),
         };
-        let (updated, report) = optimizer.step(student, &mut grads, rates, step < freeze_steps);
-        student = updated;
-        let momentum = schedules.momentum.at(step);
-        teacher = ema_update(teacher, &student, momentum);
         images += c.batch_size;
         step += 1;
-
-        let loss = LossParts {
-            total: values[0] as f64,
-            dino_local: values[1] as f64,
-            dino_global: values[2] as f64,
-            koleo: values[3] as f64,
-            ibot: values[4] as f64,
-        };
         let rate = images as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        let (loss, rates) = (&outcome.loss, &outcome.rates);
         let record = serde_json::json!({
             "step": step,
             "loss": loss,
             "lr": rates.lr,
             "last_layer_lr": rates.last_layer_lr,
             "weight_decay": rates.weight_decay,
-            "momentum": momentum,
-            "teacher_temp": teacher_temp,
-            "grad_norm": report.grad_norms,
+            "momentum": outcome.momentum,
+            "teacher_temp": outcome.teacher_temp,
+            "grad_norm": outcome.report.grad_norms,
             "images_per_s": rate,
             "elapsed_s": started.elapsed().as_secs_f64(),
         });
-        writeln!(metrics, "{record}").map_err(|e| Error::io(&out.join(METRICS), e))?;
+        writeln!(metrics, "{record}").map_err(|e| Error::io(&metrics_path, e))?;
         bar.set_message(format!(
             "loss {:.3} (dino {:.3}+{:.3} ibot {:.3} koleo {:.3}) lr {:.2e} m {:.4} T {:.3} {:.1} img/s",
-            loss.total, loss.dino_local, loss.dino_global, loss.ibot, loss.koleo, rates.lr, momentum, teacher_temp, rate
+            loss.total,
+            loss.dino_local,
+            loss.dino_global,
+            loss.ibot,
+            loss.koleo,
+            rates.lr,
+            outcome.momentum,
+            outcome.teacher_temp,
+            rate
         ));
         bar.inc(1);
-        last = Some(loss);
-        if step % c.checkpoint_every == 0 || step == end {
-            save_checkpoint(out, c, step, &student, &teacher, &optimizer, &centers)?;
+        last = Some(outcome.loss);
+        let stopping = step == end || options.max_minutes.is_some_and(|m| started.elapsed().as_secs_f64() > m * 60.0);
+        if step % c.checkpoint_every == 0 || stopping {
+            save_checkpoint(out, c, step, &state)?;
+            if options.keep_snapshots {
+                let dir = out.join("snapshots");
+                std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+                let snapshot = dir.join(format!("teacher_step{step}.safetensors"));
+                crate::checkpoint::export::write_backbone(&state.teacher.backbone, &snapshot)?;
+            }
         }
-    }
-    if step > start && step % c.checkpoint_every != 0 && step != end {
-        // stopped by the time limit
-        save_checkpoint(out, c, step, &student, &teacher, &optimizer, &centers)?;
     }
     bar.finish();
     Ok(RunSummary {
@@ -530,15 +596,8 @@ pub struct SavedRun {
 
 /// Write the checkpoint (student, teacher, optimizer, centres, step, config) and the teacher's
 /// backbone in the official layout, each atomically.
-fn save_checkpoint(
-    out: &Path,
-    c: &TrainConfig,
-    step: usize,
-    student: &SslModel,
-    teacher: &SslModel,
-    optimizer: &AdamW,
-    centers: &Centers,
-) -> Result<()> {
+fn save_checkpoint(out: &Path, c: &TrainConfig, step: usize, state: &TrainState) -> Result<()> {
+    let TrainState { student, teacher, optimizer, centers, .. } = state;
     let mut tensors = BTreeMap::new();
     for (prefix, module) in [("student.", student), ("teacher.", teacher)] {
         for (k, v) in named_params(module)? {
@@ -592,10 +651,6 @@ pub fn read_checkpoint(path: &Path) -> Result<SavedRun> {
         tensors.insert(name, HostTensor { shape: view.shape().to_vec(), data });
     }
     Ok(SavedRun { step, config, tensors })
-}
-
-fn read_step(path: &Path) -> Result<usize> {
-    read_checkpoint(path).map(|s| s.step)
 }
 
 /// Drop metric lines past `step` (written after the checkpoint a resumed run starts from).

@@ -401,11 +401,21 @@ fn eval_knn_and_train_from_the_command_line() {
     assert_eq!(v["top1"].as_object().unwrap().len(), 4);
 
     // two steps of training, then k-NN on the run folder (the teacher)
+    // with a high-resolution phase: the last step at 21 px global and 14 px local crops
+    let mut c = micro_config();
+    c.total_steps = 2;
+    c.highres = Some(dinov2_wgpu::train::config::HighRes { steps: 1, global_size: 21, local_size: 14 });
+    let data = dinov2_wgpu::train::data::Dataset::open(s(&train)).unwrap();
+    let sizes = |step| {
+        let b = trainer::make_batch(&c, &data, &[0, 1], step).unwrap();
+        (b.global_size, b.local_size, b.globals.len(), b.masks[0].len())
+    };
+    assert_eq!(sizes(0), (14, 7, 2 * 2 * 3 * 14 * 14, 4));
+    assert_eq!(sizes(1), (21, 14, 2 * 2 * 3 * 21 * 21, 9));
     let config = dir.join("micro.json");
-    write_config(&config, &micro_config());
+    write_config(&config, &c);
     let out = dir.join("run");
-    let mut args = train_args(s(&config), s(&train), s(&out));
-    args.extend(["--steps", "2"]);
+    let args = train_args(s(&config), s(&train), s(&out));
     let run = dinov2(&args);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let run = dinov2(&["eval", "knn", "--weights", s(&out), "--train", s(&train), "--test", s(&test), "--backend", "ndarray"]);

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The Fashion-MNIST experiment of BENCHMARKS.md: pretrain the tiny preset on Fashion-MNIST
+# train (60k images, labels unused) for at most 60 minutes, then the official k-NN protocol on
+# test (10k) with train as memory, for the trained teacher, the same network at
+# initialisation, and raw pixels; plus a learning curve from the teacher kept at every
+# checkpoint (k-NN on the first 10k train / 2k test images).
+#
+#   bash scripts/fashion_mnist_knn.sh [RUN_DIR]        # needs: apt-get install dataset-fashion-mnist
+set -euo pipefail
+cd "$(dirname "$0")/.."
+run=${1:-runs/fashion-mnist}
+cargo build --release
+bin=target/release/dinov2
+$bin train --preset tiny --data fashion-mnist-train --out "$run" --max-minutes 60 --keep-snapshots
+knn() { $bin eval knn --train fashion-mnist-train --test fashion-mnist-test "$@"; }
+echo "== trained teacher"; knn --weights "$run" --json "$run/knn_trained.json"
+echo "== same network at initialisation"; knn --weights "$run/init_backbone.safetensors" --size 28 --json "$run/knn_init.json"
+echo "== raw pixels"; knn --raw-pixels --size 28 --json "$run/knn_pixels.json"
+echo "== curve (first 10k train / 2k test)"
+for f in $(ls "$run"/snapshots/teacher_step*.safetensors | sort -V); do
+  step=${f##*teacher_step}; step=${step%.safetensors}
+  top1=$(knn --weights "$f" --size 28 --limit-train 10000 --limit-test 2000 | awk '/k=20 /{print $3}')
+  echo "step $step k=20 top-1 $top1"
+done | tee "$run/knn_curve.txt"
