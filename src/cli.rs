@@ -80,6 +80,9 @@ pub struct TrainArgs {
     /// Continue from the run folder's checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Start a new run in a folder that already holds one (its checkpoint is replaced).
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Override the recipe's images per step.
     #[arg(long)]
     pub batch_size: Option<usize>,
@@ -591,6 +594,7 @@ fn train_command(args: TrainArgs) -> Result<()> {
         max_steps: args.steps,
         max_minutes: args.max_minutes,
         resume: args.resume,
+        overwrite: args.overwrite,
         progress: !args.quiet,
         keep_snapshots: args.keep_snapshots,
     };

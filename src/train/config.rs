@@ -13,7 +13,8 @@ use crate::error::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Centering {
-    /// Sinkhorn-Knopp, 3 iterations (DINOv2's default).
+    /// Sinkhorn-Knopp, 3 iterations (the paper's method and the released models' configs;
+    /// `ssl_default_config.yaml` itself still says `centering`).
     SinkhornKnopp,
     /// Softmax after subtracting an EMA centre (DINO; centre momentum `center_momentum`).
     Centering,
@@ -81,7 +82,7 @@ pub struct TrainConfig {
     pub mask_sample_probability: f64,
     /// Mask ratios, stratified over this range (official 0.1–0.5).
     pub mask_ratio: (f64, f64),
-    /// Efficient stochastic depth rate of every block (official 0.3 for ViT-L/g, 0.1 ViT-S/B).
+    /// Efficient stochastic depth rate of every block (official default 0.3; 0.4 for ViT-L/g).
     pub drop_path_rate: f64,
     /// Optional high-resolution phase at the end.
     pub highres: Option<HighRes>,
@@ -93,7 +94,10 @@ pub struct TrainConfig {
 
 impl TrainConfig {
     /// The recipe of a preset: `tiny` (designed here for small images) or an official
-    /// architecture with the official recipe.
+    /// architecture with the official recipe. Patch-14 models use 98 px local crops and train
+    /// with a position grid of the global crop (16 × 16 at 224 px), as the official
+    /// `vitl14.yaml` / `vitg14.yaml` and `build_model_from_cfg` do; ViT-L and ViT-g take those
+    /// files' values (SwiGLU aside: the presets keep the released models' MLP for ViT-L).
     pub fn preset(name: &str) -> Result<Self> {
         let arch = VitConfig::preset(name)?;
         if name == "tiny" {
@@ -101,13 +105,21 @@ impl TrainConfig {
         }
         let large = arch.embed_dim >= 1024;
         let mut c = Self::official(arch);
+        c.crops.local_size = 98;
+        c.arch.pos_grid = c.crops.global_size / c.arch.patch_size;
         if large {
+            // vitl14.yaml / vitg14.yaml
             c.momentum_teacher = 0.994;
             c.drop_path_rate = 0.4;
+            c.base_lr = 2e-4;
+            c.warmup_epochs = 80.0;
+            c.total_steps = 500 * 1250;
+            c.layerwise_decay = 1.0;
+            c.weight_decay_end = 0.2;
             c.dino_head.n_prototypes = 131072;
             c.dino_head.bottleneck_dim = 384;
-            c.ibot_head = c.dino_head.clone();
             c.ibot_separate_head = true;
+            c.ibot_head.n_prototypes = 131072;
         }
         Ok(c)
     }
@@ -147,7 +159,7 @@ impl TrainConfig {
             ibot_loss_weight: 1.0,
             mask_sample_probability: 0.5,
             mask_ratio: (0.1, 0.5),
-            drop_path_rate: 0.1,
+            drop_path_rate: 0.3,
             highres: None,
             seed: 0,
             checkpoint_every: 1250,
@@ -155,7 +167,7 @@ impl TrainConfig {
     }
 
     /// The `tiny` recipe: 28 px global crops and 14 px local crops (patch 7: 4 × 4 and 2 × 2
-    /// grids), small heads (1024 prototypes), 2200 steps of 64 images (about 60 minutes on a
+    /// grids), small heads (1024 prototypes), 2000 steps of 64 images (under 60 minutes on a
     /// 2-core CPU), "epochs" of 100 steps for the warm-ups and the last-layer freeze, a faster
     /// teacher (momentum from 0.99), no stochastic depth. Larger images are cropped the same
     /// way (the crops are resized).
@@ -171,8 +183,9 @@ impl TrainConfig {
             blur_kernel: 3,
             ..CropConfig::default()
         };
+        c.centering = Centering::SinkhornKnopp;
         c.batch_size = 64;
-        c.total_steps = 2200;
+        c.total_steps = 2000;
         c.epoch_length = 100;
         c.base_lr = 0.004;
         c.warmup_epochs = 2.0;

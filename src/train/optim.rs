@@ -60,8 +60,8 @@ pub struct AdamW {
     pub beta2: f64,
     pub eps: f64,
     pub rules: GroupRules,
-    /// Updates made so far (PyTorch keeps one count per parameter; all move together here
-    /// except the frozen last layer, which is why the count is per parameter too).
+    /// Updates made so far, per parameter as PyTorch counts them (a parameter without a
+    /// gradient in a step is skipped).
     steps: HashMap<String, u64>,
     moments: HashMap<String, Moments>,
 }
@@ -78,21 +78,14 @@ impl AdamW {
         Self { beta1, beta2, eps: 1e-8, rules, steps: HashMap::new(), moments: HashMap::new() }
     }
 
-    /// One update of `model` from `grads`. `freeze_last_layer` drops the heads' last-layer
-    /// gradients (official `cancel_gradients_last_layer`: no update, no decay, no moments).
-    pub fn step<M: Module>(
-        &mut self,
-        model: M,
-        grads: &mut Gradients,
-        rates: StepRates,
-        freeze_last_layer: bool,
-    ) -> (M, StepReport) {
+    /// One update of `model` from `grads` (the heads' last layer is frozen through its lr
+    /// alone, as in DINOv2: its moments still move and its gradient counts in the clipping).
+    pub fn step<M: Module>(&mut self, model: M, grads: &mut Gradients, rates: StepRates) -> (M, StepReport) {
         // pass 1: squared gradient norms per part, one read-back for all parts
         struct Norms<'a> {
             path: Vec<String>,
             grads: &'a Gradients,
             sums: BTreeMap<String, Tensor<1>>,
-            skip_last_layer: bool,
         }
         impl ModuleVisitor for Norms<'_> {
             fn enter_module(&mut self, name: &str, _: &str) {
@@ -103,9 +96,6 @@ impl AdamW {
             }
             fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
                 let path = self.path.join(".");
-                if self.skip_last_layer && path.contains("last_layer") {
-                    return;
-                }
                 if let Some(g) = param.val().grad(self.grads) {
                     let sq = g.square().sum();
                     let key = part(&path).to_string();
@@ -117,8 +107,7 @@ impl AdamW {
                 }
             }
         }
-        let mut norms =
-            Norms { path: Vec::new(), grads: &*grads, sums: BTreeMap::new(), skip_last_layer: freeze_last_layer };
+        let mut norms = Norms { path: Vec::new(), grads: &*grads, sums: BTreeMap::new() };
         model.visit(&mut norms);
         let names: Vec<String> = norms.sums.keys().cloned().collect();
         let mut report = StepReport::default();
@@ -146,7 +135,6 @@ impl AdamW {
             grads: &'a mut Gradients,
             rates: StepRates,
             scales: &'a HashMap<String, f64>,
-            freeze_last_layer: bool,
         }
         impl ModuleMapper for Update<'_> {
             fn enter_module(&mut self, name: &str, _: &str) {
@@ -162,9 +150,6 @@ impl AdamW {
                     return Param::from_mapped_value(id, tensor, mapper);
                 };
                 let (lr_mult, wd_mult, last_layer) = self.opt.rules.of(&path);
-                if last_layer && self.freeze_last_layer {
-                    return Param::from_mapped_value(id, tensor, mapper);
-                }
                 let lr = if last_layer { self.rates.last_layer_lr } else { self.rates.lr } * lr_mult;
                 let wd = self.rates.weight_decay * wd_mult;
                 let scale = self.scales.get(part(&path)).copied().unwrap_or(1.0);
@@ -205,7 +190,6 @@ impl AdamW {
             grads,
             rates,
             scales: &scales,
-            freeze_last_layer,
         };
         let model = model.map(&mut update);
         (model, report)

@@ -58,7 +58,9 @@ impl SslModel {
 /// The schedules of a run (official `build_schedulers`).
 pub struct Schedules {
     pub lr: Cosine,
-    pub last_layer_lr: Cosine,
+    /// The lr schedule with its first `last_layer_freeze` steps zeroed (official:
+    /// `last_layer_lr_schedule.schedule[:freeze_last_layer_epochs * epoch_length] = 0`).
+    pub last_layer_freeze: usize,
     pub weight_decay: Cosine,
     pub momentum: Cosine,
     pub teacher_temp: Cosine,
@@ -71,12 +73,17 @@ impl Schedules {
         let lr = Cosine::new(c.lr(), c.min_lr, total).with_warmup(warmup, 0.0);
         Self {
             lr,
-            last_layer_lr: lr.with_freeze(c.epochs_to_steps(c.freeze_last_layer_epochs)),
+            last_layer_freeze: c.epochs_to_steps(c.freeze_last_layer_epochs),
             weight_decay: Cosine::new(c.weight_decay, c.weight_decay_end, total),
             momentum: Cosine::new(c.momentum_teacher, c.final_momentum_teacher, total),
             teacher_temp: Cosine::new(c.teacher_temp, c.teacher_temp, total)
                 .with_warmup(c.epochs_to_steps(c.warmup_teacher_temp_epochs), c.warmup_teacher_temp),
         }
+    }
+
+    /// The heads' last-layer lr: zero while frozen, else the lr.
+    pub fn last_layer_lr(&self, step: usize) -> f64 {
+        if step < self.last_layer_freeze { 0.0 } else { self.lr.at(step) }
     }
 }
 
@@ -106,11 +113,15 @@ pub struct Batch {
     pub drops_local: Vec<BlockDrop>,
 }
 
-/// The generator of everything random in step `step`.
+/// The generator of everything random in step `step`: its own key per (seed, step), one
+/// stream per use (0: masks and drop plans, 1 + i: the crops of image i).
 fn step_rng(seed: u64, step: usize, stream: u64) -> ChaCha8Rng {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    key[8..16].copy_from_slice(&(step as u64).to_le_bytes());
+    key[16..24].copy_from_slice(b"dinov2st");
+    let mut rng = ChaCha8Rng::from_seed(key);
     rng.set_stream(stream);
-    rng.set_word_pos((step as u128) << 20);
     rng
 }
 
@@ -307,7 +318,7 @@ pub fn step_loss(
     };
     let dino_global =
         loss::dino_loss(&[global_logits], &[teacher_cls], c.student_temp).mul_scalar(2.0).div_scalar(terms);
-    let koleo = if c.koleo_loss_weight > 0.0 {
+    let koleo = if c.koleo_loss_weight > 0.0 && c.dino_loss_weight > 0.0 {
         (0..n_global)
             .map(|i| loss::koleo_loss(global_cls.clone().narrow(0, i * b, b)))
             .reduce(|a, b| a + b)
@@ -341,6 +352,8 @@ pub struct RunOptions {
     pub max_steps: Option<usize>,
     pub max_minutes: Option<f64>,
     pub resume: bool,
+    /// Start over in a folder that holds a run.
+    pub overwrite: bool,
     pub progress: bool,
     /// Also keep the teacher backbone of every checkpoint as `snapshots/teacher_step{N}.safetensors`
     /// (for learning curves).
@@ -446,12 +459,11 @@ impl TrainState {
         let mut grads = total.backward();
         let rates = StepRates {
             lr: self.schedules.lr.at(step),
-            last_layer_lr: self.schedules.last_layer_lr.at(step),
+            last_layer_lr: self.schedules.last_layer_lr(step),
             weight_decay: self.schedules.weight_decay.at(step),
         };
-        let freeze = step < c.epochs_to_steps(c.freeze_last_layer_epochs);
         // modules clone by reference: the clones are the ones mapped
-        let (student, report) = self.optimizer.step(self.student.clone(), &mut grads, rates, freeze);
+        let (student, report) = self.optimizer.step(self.student.clone(), &mut grads, rates);
         self.student = student;
         let momentum = self.schedules.momentum.at(step);
         self.teacher = ema_update(self.teacher.clone(), &self.student, momentum);
@@ -490,6 +502,13 @@ pub fn train(c: &TrainConfig, data: &Dataset, device: &Device, options: &RunOpti
         start = saved.step;
         truncate_metrics(&out.join(METRICS), start)?;
     } else {
+        if checkpoint_path.exists() && !options.overwrite {
+            return Err(Error::Usage(format!(
+                "{} already holds a run: --resume to continue it, --overwrite to start over, or another --out",
+                out.display()
+            )));
+        }
+        let _ = std::fs::remove_file(&checkpoint_path);
         if options.resume {
             eprintln!("no checkpoint in {}: starting a new run", out.display());
         }
@@ -514,10 +533,9 @@ pub fn train(c: &TrainConfig, data: &Dataset, device: &Device, options: &RunOpti
     let mut last = None;
     let mut images = 0usize;
     let mut step = start;
-    while step < end {
-        if options.max_minutes.is_some_and(|m| started.elapsed().as_secs_f64() > m * 60.0) {
-            break;
-        }
+    let out_of_time = |started: &Instant| options.max_minutes.is_some_and(|m| started.elapsed().as_secs_f64() > m * 60.0);
+    let mut stop = false;
+    while step < end && !stop {
         let indices = batch_indices(data.len(), c.batch_size, step, c.seed, &mut order_cache);
         let batch = make_batch(c, data, &indices, step)?;
         let outcome = match state.step(c, &batch, step) {
@@ -563,8 +581,8 @@ pub fn train(c: &TrainConfig, data: &Dataset, device: &Device, options: &RunOpti
         ));
         bar.inc(1);
         last = Some(outcome.loss);
-        let stopping = step == end || options.max_minutes.is_some_and(|m| started.elapsed().as_secs_f64() > m * 60.0);
-        if step % c.checkpoint_every == 0 || stopping {
+        stop = out_of_time(&started);
+        if step % c.checkpoint_every == 0 || step == end || stop {
             save_checkpoint(out, c, step, &state)?;
             if options.keep_snapshots {
                 let dir = out.join("snapshots");
