@@ -362,7 +362,9 @@ pub fn bench_train(
     let pool_after = device.memory_pool_usage().map(|u| u.bytes_reserved);
     let (peak_bytes, memory_kind) = match (pool_before, pool_after) {
         (Some(b), Some(a)) => (Some(a.saturating_sub(b)), "device pool reserved"),
-        _ => (process_peak_rss().zip(rss_before).map(|(a, b)| a.saturating_sub(b)), "process peak RSS growth"),
+        _ => {
+            (process_peak_rss().zip(rss_before).map(|(a, b)| a.saturating_sub(b)), "process peak RSS growth")
+        }
     };
     Ok(TrainBench {
         images_per_second: (steps * c.batch_size) as f64 / seconds,

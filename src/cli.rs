@@ -544,7 +544,9 @@ fn open_device(name: &str) -> Result<Device> {
     let requested = BackendKind::parse(name)?;
     let kind = backend::resolve(requested);
     if requested == BackendKind::Auto && kind == BackendKind::Ndarray {
-        eprintln!("note: no hardware GPU adapter; running on ndarray (CPU). --backend wgpu forces the software adapter");
+        eprintln!(
+            "note: no hardware GPU adapter; running on ndarray (CPU). --backend wgpu forces the software adapter"
+        );
     }
     backend::device(kind)
 }
@@ -652,8 +654,16 @@ fn knn_command(args: KnnArgs) -> Result<()> {
         bar.finish_and_clear();
         (a, b, model.config.embed_dim)
     };
-    let results =
-        knn::knn_top1(&train_features, &train_labels, &test_features, &test_labels, d, &knn::KS, knn::TEMPERATURE, &device)?;
+    let results = knn::knn_top1(
+        &train_features,
+        &train_labels,
+        &test_features,
+        &test_labels,
+        d,
+        &knn::KS,
+        knn::TEMPERATURE,
+        &device,
+    )?;
     let mut top1 = serde_json::Map::new();
     for (k, acc) in &results {
         println!("k={k:<4} top-1 {:.2}%", 100.0 * acc);
@@ -739,7 +749,9 @@ fn bench_train(args: BenchTrainArgs) -> Result<()> {
             result.images_per_second / base,
             base_name,
             result.ms_per_step,
-            result.peak_bytes.map_or("n/a".to_string(), |b| format!("{:.0} MiB", b as f64 / (1 << 20) as f64)),
+            result
+                .peak_bytes
+                .map_or("n/a".to_string(), |b| format!("{:.0} MiB", b as f64 / (1 << 20) as f64)),
             result.memory_kind
         );
     }

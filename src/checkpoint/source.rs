@@ -53,7 +53,12 @@ impl TensorSource {
         let reader = pytorch_reader::PytorchReader::new(path)
             .map_err(|e| Error::checkpoint(path, format!("not a readable PyTorch checkpoint: {e}")))?;
         let shapes = reader.tensors().iter().map(|(k, t)| (k.clone(), t.shape().to_vec())).collect();
-        Ok(Self { path: path.to_path_buf(), shapes, metadata: BTreeMap::new(), kind: SourceKind::Pickle(reader) })
+        Ok(Self {
+            path: path.to_path_buf(),
+            shapes,
+            metadata: BTreeMap::new(),
+            kind: SourceKind::Pickle(reader),
+        })
     }
 
     fn open_safetensors(path: &Path) -> Result<Self> {

@@ -132,7 +132,9 @@ pub fn prepare(path: &Path, img: RgbImage, resize: Resize, patch: usize) -> Resu
         }
         Resize::Square(n) => {
             if n < patch || n % patch != 0 {
-                return Err(Error::Usage(format!("size {n} is not a positive multiple of the {p}-pixel patch")));
+                return Err(Error::Usage(format!(
+                    "size {n} is not a positive multiple of the {p}-pixel patch"
+                )));
             }
             if (w0, h0) == (n as u32, n as u32) {
                 img

@@ -91,8 +91,7 @@ pub fn knn_top1(
             })
             .collect()
     };
-    let train_t =
-        Tensor::<2>::from_data(TensorData::new(normalise(train), [n_train, d]), device).transpose();
+    let train_t = Tensor::<2>::from_data(TensorData::new(normalise(train), [n_train, d]), device).transpose();
     let test = normalise(test);
     let mut correct = vec![0usize; ks.len()];
     // chunks of test rows keep the similarity block near 32 M values
@@ -107,7 +106,8 @@ pub fn knn_top1(
             .par_chunks(n_train)
             .map(|row| {
                 let mut order: Vec<(f32, usize)> = row.iter().copied().zip(0..).collect();
-                let by_similarity = |a: &(f32, usize), b: &(f32, usize)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+                let by_similarity =
+                    |a: &(f32, usize), b: &(f32, usize)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
                 if k_max < order.len() {
                     order.select_nth_unstable_by(k_max - 1, by_similarity);
                     order.truncate(k_max);
@@ -127,12 +127,8 @@ pub fn knn_top1(
                     let neighbour = idx[r * k_max + j];
                     votes[train_labels[neighbour]] += ((sims[r * k_max + j] / temperature) as f64).exp();
                 }
-                let predicted = votes
-                    .iter()
-                    .enumerate()
-                    .max_by(|a, b| a.1.total_cmp(b.1))
-                    .map(|(i, _)| i)
-                    .unwrap_or(0);
+                let predicted =
+                    votes.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
                 correct[slot] += (predicted == label) as usize;
             }
         }

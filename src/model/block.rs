@@ -101,7 +101,11 @@ impl BlockDrop {
 }
 
 /// `x + index_add(residual(x[kept]) · B / kept)`; every sample kept is the plain residual.
-pub fn drop_add_residual(x: Tensor<3>, kept: &[usize], residual: impl Fn(Tensor<3>) -> Tensor<3>) -> Tensor<3> {
+pub fn drop_add_residual(
+    x: Tensor<3>,
+    kept: &[usize],
+    residual: impl Fn(Tensor<3>) -> Tensor<3>,
+) -> Tensor<3> {
     let batch = x.dims()[0];
     if kept.len() == batch && kept.iter().enumerate().all(|(i, &k)| i == k) {
         return x.clone() + residual(x);

@@ -170,7 +170,12 @@ impl DinoVisionTransformer {
 
     /// The training forward: optional iBOT masks `[B, h*w]` and, per block, the samples that
     /// keep each residual branch (efficient stochastic depth; an empty plan drops nothing).
-    pub fn forward_train(&self, images: Tensor<4>, masks: Option<Tensor<2, Bool>>, drops: &[BlockDrop]) -> Features {
+    pub fn forward_train(
+        &self,
+        images: Tensor<4>,
+        masks: Option<Tensor<2, Bool>>,
+        drops: &[BlockDrop],
+    ) -> Features {
         let [b, _, height, width] = images.dims();
         let p = self.config.patch_size;
         let (h, w) = (height / p, width / p);

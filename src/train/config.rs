@@ -212,7 +212,8 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<(), String> {
         self.arch.check()?;
         let p = self.arch.patch_size;
-        let mut sizes = vec![("crops.global_size", self.crops.global_size), ("crops.local_size", self.crops.local_size)];
+        let mut sizes =
+            vec![("crops.global_size", self.crops.global_size), ("crops.local_size", self.crops.local_size)];
         if let Some(h) = &self.highres {
             sizes.push(("highres.global_size", h.global_size));
             sizes.push(("highres.local_size", h.local_size));
@@ -226,7 +227,10 @@ impl TrainConfig {
             }
         }
         if self.crops.n_global != 2 {
-            return Err(format!("crops.n_global is {}: the DINO loss pairs exactly 2 global crops", self.crops.n_global));
+            return Err(format!(
+                "crops.n_global is {}: the DINO loss pairs exactly 2 global crops",
+                self.crops.n_global
+            ));
         }
         let positive = [
             ("batch_size", self.batch_size as f64),
@@ -250,7 +254,10 @@ impl TrainConfig {
             return Err(format!("drop_path_rate {} is outside [0, 1)", self.drop_path_rate));
         }
         if !(0.0..=1.0).contains(&self.mask_sample_probability) {
-            return Err(format!("mask_sample_probability {} is outside [0, 1]", self.mask_sample_probability));
+            return Err(format!(
+                "mask_sample_probability {} is outside [0, 1]",
+                self.mask_sample_probability
+            ));
         }
         Ok(())
     }

@@ -95,7 +95,8 @@ impl Dataset {
 }
 
 fn fashion_mnist(split: &str, spec: &str) -> Result<Dataset> {
-    let dir = std::env::var_os("DINOV2_FASHION_MNIST_DIR").map_or_else(|| PathBuf::from(FASHION_MNIST_DIR), PathBuf::from);
+    let dir = std::env::var_os("DINOV2_FASHION_MNIST_DIR")
+        .map_or_else(|| PathBuf::from(FASHION_MNIST_DIR), PathBuf::from);
     let images = dir.join(format!("{split}-images-idx3-ubyte.gz"));
     let labels = dir.join(format!("{split}-labels-idx1-ubyte.gz"));
     if !images.exists() {
@@ -128,11 +129,16 @@ fn gunzip(path: &Path) -> Result<Vec<u8>> {
 
 /// Parse an IDX file (big-endian magic, then one u32 per axis, then u8 values).
 fn idx<'a>(path: &Path, bytes: &'a [u8], magic: u32, axes: usize) -> Result<(Vec<usize>, &'a [u8])> {
-    let word = |i: usize| -> Option<u32> { bytes.get(4 * i..4 * i + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])) };
+    let word = |i: usize| -> Option<u32> {
+        bytes.get(4 * i..4 * i + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
     if word(0) != Some(magic) {
         return Err(Error::image(path, "not an IDX file of unsigned bytes"));
     }
-    let dims: Vec<usize> = (1..=axes).map(|i| word(i).map(|w| w as usize)).collect::<Option<_>>().ok_or_else(|| Error::image(path, "truncated header"))?;
+    let dims: Vec<usize> = (1..=axes)
+        .map(|i| word(i).map(|w| w as usize))
+        .collect::<Option<_>>()
+        .ok_or_else(|| Error::image(path, "truncated header"))?;
     let start = 4 * (axes + 1);
     let len: usize = dims.iter().product();
     let data = bytes.get(start..start + len).ok_or_else(|| Error::image(path, "truncated data"))?;

@@ -184,13 +184,7 @@ impl AdamW {
                 Param::from_mapped_value(id, p, mapper)
             }
         }
-        let mut update = Update {
-            path: Vec::new(),
-            opt: self,
-            grads,
-            rates,
-            scales: &scales,
-        };
+        let mut update = Update { path: Vec::new(), opt: self, grads, rates, scales: &scales };
         let model = model.map(&mut update);
         (model, report)
     }
@@ -222,10 +216,13 @@ impl AdamW {
         let device = device.clone().inner();
         for (key, host) in state {
             let Some(name) = key.strip_prefix("m.") else { continue };
-            let (Some(v), Some(t)) = (state.get(&format!("v.{name}")), state.get(&format!("t.{name}"))) else {
+            let (Some(v), Some(t)) = (state.get(&format!("v.{name}")), state.get(&format!("t.{name}")))
+            else {
                 continue;
             };
-            let tensor = |h: &HostTensor| Tensor::<1>::from_data(TensorData::new(h.data.clone(), [h.data.len()]), &device);
+            let tensor = |h: &HostTensor| {
+                Tensor::<1>::from_data(TensorData::new(h.data.clone(), [h.data.len()]), &device)
+            };
             self.moments.insert(name.to_string(), Moments { m: tensor(host), v: tensor(v) });
             self.steps.insert(name.to_string(), t.data[0] as u64);
         }

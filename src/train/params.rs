@@ -66,7 +66,11 @@ pub fn named_params<M: Module>(module: &M) -> Result<BTreeMap<String, HostTensor
 
 /// `module` with every float parameter replaced by `values[prefix + name]`, on the parameter's
 /// own device (autodiff stays autodiff). Missing names or other shapes are errors naming them.
-pub fn load_named_params<M: Module>(module: M, values: &BTreeMap<String, HostTensor>, prefix: &str) -> Result<M> {
+pub fn load_named_params<M: Module>(
+    module: M,
+    values: &BTreeMap<String, HostTensor>,
+    prefix: &str,
+) -> Result<M> {
     struct Load<'a> {
         path: PathStack,
         values: &'a BTreeMap<String, HostTensor>,
@@ -89,7 +93,10 @@ pub fn load_named_params<M: Module>(module: M, values: &BTreeMap<String, HostTen
                 return Param::from_mapped_value(id, tensor, mapper);
             };
             if host.shape != shape {
-                self.error.get_or_insert(format!("tensor `{name}` has shape {:?}, the model {shape:?}", host.shape));
+                self.error.get_or_insert(format!(
+                    "tensor `{name}` has shape {:?}, the model {shape:?}",
+                    host.shape
+                ));
                 return Param::from_mapped_value(id, tensor, mapper);
             }
             let grad = tensor.is_require_grad();
@@ -136,7 +143,8 @@ pub fn ema_update<M: Module>(teacher: M, student: &M, momentum: f64) -> M {
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
             let (id, tensor, mapper) = param.consume();
             let s = self.student.next().expect("teacher and student have the same parameters");
-            let updated = tensor.clone().mul_scalar(self.momentum) + s.reshape(tensor.dims()).mul_scalar(1.0 - self.momentum);
+            let updated = tensor.clone().mul_scalar(self.momentum)
+                + s.reshape(tensor.dims()).mul_scalar(1.0 - self.momentum);
             Param::from_mapped_value(id, updated, mapper)
         }
     }

@@ -134,7 +134,9 @@ mod tests {
         let depth = 12;
         assert!((layer_decay("backbone.patch_embed.weight", 0.9, depth) - 0.9f64.powi(13)).abs() < 1e-15);
         assert!((layer_decay("backbone.cls_token", 0.9, depth) - 0.9f64.powi(13)).abs() < 1e-15);
-        assert!((layer_decay("backbone.blocks.0.attn.qkv.weight", 0.9, depth) - 0.9f64.powi(12)).abs() < 1e-15);
+        assert!(
+            (layer_decay("backbone.blocks.0.attn.qkv.weight", 0.9, depth) - 0.9f64.powi(12)).abs() < 1e-15
+        );
         assert!((layer_decay("backbone.blocks.11.mlp.fc2.bias", 0.9, depth) - 0.9).abs() < 1e-15);
         assert_eq!(layer_decay("backbone.norm.gamma", 0.9, depth), 1.0);
         assert_eq!(layer_decay("dino_head.mlp.0.weight", 0.9, depth), 1.0);

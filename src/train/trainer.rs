@@ -126,7 +126,13 @@ fn step_rng(seed: u64, step: usize, stream: u64) -> ChaCha8Rng {
 }
 
 /// Which dataset images step `step` uses: a fresh permutation per pass over the data.
-fn batch_indices(len: usize, batch: usize, step: usize, seed: u64, cache: &mut Option<(usize, Vec<usize>)>) -> Vec<usize> {
+fn batch_indices(
+    len: usize,
+    batch: usize,
+    step: usize,
+    seed: u64,
+    cache: &mut Option<(usize, Vec<usize>)>,
+) -> Vec<usize> {
     (0..batch)
         .map(|i| {
             let position = step * batch + i;
@@ -227,7 +233,9 @@ pub fn step_loss(
     let mask_indices: Vec<i64> =
         mask_flat.iter().enumerate().filter(|(_, m)| **m).map(|(i, _)| i as i64).collect();
     let n_masked = mask_indices.len();
-    let index_tensor = |device: &Device| Tensor::<1, Int>::from_data(TensorData::new(mask_indices.clone(), [n_masked]), device);
+    let index_tensor = |device: &Device| {
+        Tensor::<1, Int>::from_data(TensorData::new(mask_indices.clone(), [n_masked]), device)
+    };
     let d = c.arch.embed_dim;
 
     // teacher: both global crops, no masks, no gradients
@@ -236,7 +244,8 @@ pub fn step_loss(
     let swapped = Tensor::cat(vec![cls.clone().narrow(0, b, b), cls.narrow(0, 0, b)], 0);
     let teacher_patches = teacher_out.patch.reshape([b2 * tokens, d]);
     let (teacher_cls_logits, teacher_patch_logits) = if c.ibot_separate_head {
-        let patches = (n_masked > 0).then(|| teacher.ibot_head().forward(teacher_patches.select(0, index_tensor(&plain))));
+        let patches = (n_masked > 0)
+            .then(|| teacher.ibot_head().forward(teacher_patches.select(0, index_tensor(&plain))));
         (teacher.dino_head.forward(swapped), patches)
     } else if n_masked > 0 {
         let masked = teacher_patches.select(0, index_tensor(&plain));
@@ -255,7 +264,8 @@ pub fn step_loss(
             let k_ibot = if c.ibot_separate_head { c.ibot_head.n_prototypes } else { k_dino };
             let dino_center = centers.dino.take().unwrap_or_else(|| Tensor::zeros([1, k_dino], &plain));
             let ibot_center = centers.ibot.take().unwrap_or_else(|| Tensor::zeros([1, k_ibot], &plain));
-            let cls_targets = loss::softmax_center_targets(teacher_cls_logits.clone(), dino_center.clone(), teacher_temp);
+            let cls_targets =
+                loss::softmax_center_targets(teacher_cls_logits.clone(), dino_center.clone(), teacher_temp);
             centers.dino = Some(loss::updated_center(dino_center, teacher_cls_logits, c.center_momentum));
             let patch_targets = teacher_patch_logits.map(|t| {
                 let targets = loss::softmax_center_targets(t.clone(), ibot_center.clone(), teacher_temp);
@@ -270,14 +280,22 @@ pub fn step_loss(
     };
     let to_device = |t: Tensor<2>| Tensor::<2>::from_inner(t).set_require_grad(false);
     let teacher_cls = to_device(teacher_cls);
-    let teacher_chunks: Vec<Tensor<2>> = (0..n_global).map(|i| teacher_cls.clone().narrow(0, i * b, b)).collect();
+    let teacher_chunks: Vec<Tensor<2>> =
+        (0..n_global).map(|i| teacher_cls.clone().narrow(0, i * b, b)).collect();
 
     // student: global crops with masks, local crops without
     let masks = Tensor::<2, Bool>::from_data(TensorData::new(mask_flat, [b2, tokens]), device);
-    let student_global =
-        student.backbone.forward_train(images(&batch.globals, b2, g, device), Some(masks), &batch.drops_global);
+    let student_global = student.backbone.forward_train(
+        images(&batch.globals, b2, g, device),
+        Some(masks),
+        &batch.drops_global,
+    );
     let student_local = (n_local > 0).then(|| {
-        student.backbone.forward_train(images(&batch.locals, n_local * b, l, device), None, &batch.drops_local)
+        student.backbone.forward_train(
+            images(&batch.locals, n_local * b, l, device),
+            None,
+            &batch.drops_local,
+        )
     });
     let global_cls = student_global.cls.clone();
     let student_patches = student_global.patch.reshape([b2 * tokens, d]);
@@ -421,8 +439,10 @@ impl TrainState {
 
     /// Continue from a checkpoint's tensors.
     pub fn load(mut self, saved: &SavedRun, path: &Path) -> Result<Self> {
-        self.student = load_named_params(self.student, &saved.tensors, "student.").map_err(|e| ckpt_err(path, e))?;
-        self.teacher = load_named_params(self.teacher, &saved.tensors, "teacher.").map_err(|e| ckpt_err(path, e))?;
+        self.student =
+            load_named_params(self.student, &saved.tensors, "student.").map_err(|e| ckpt_err(path, e))?;
+        self.teacher =
+            load_named_params(self.teacher, &saved.tensors, "teacher.").map_err(|e| ckpt_err(path, e))?;
         let opt_state: BTreeMap<String, HostTensor> = saved
             .tensors
             .iter()
@@ -431,7 +451,10 @@ impl TrainState {
         self.optimizer.load_state(&opt_state, &self.device);
         let plain = self.device.clone().inner();
         let center = |name: &str| {
-            saved.tensors.get(name).map(|h| Tensor::<2>::from_data(TensorData::new(h.data.clone(), [1, h.data.len()]), &plain))
+            saved
+                .tensors
+                .get(name)
+                .map(|h| Tensor::<2>::from_data(TensorData::new(h.data.clone(), [1, h.data.len()]), &plain))
         };
         self.centers = Centers { dino: center("center.dino"), ibot: center("center.ibot") };
         Ok(self)
@@ -442,7 +465,8 @@ impl TrainState {
     pub fn step(&mut self, c: &TrainConfig, batch: &Batch, step: usize) -> Result<StepOutcome> {
         let teacher_temp = self.schedules.teacher_temp.at(step);
         let mut centers = Centers { dino: self.centers.dino.clone(), ibot: self.centers.ibot.clone() };
-        let (total, parts) = step_loss(c, &self.student, &self.teacher, batch, teacher_temp, &mut centers, &self.device);
+        let (total, parts) =
+            step_loss(c, &self.student, &self.teacher, batch, teacher_temp, &mut centers, &self.device);
         let values = Tensor::cat(std::iter::once(total.clone()).chain(parts).collect(), 0)
             .into_data()
             .convert::<f32>()
@@ -526,14 +550,18 @@ pub fn train(c: &TrainConfig, data: &Dataset, device: &Device, options: &RunOpti
             .progress_chars("=> "),
     );
     let metrics_path = out.join(METRICS);
-    let mut metrics =
-        std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|e| Error::io(&metrics_path, e))?;
     let started = Instant::now();
     let mut order_cache = None;
     let mut last = None;
     let mut images = 0usize;
     let mut step = start;
-    let out_of_time = |started: &Instant| options.max_minutes.is_some_and(|m| started.elapsed().as_secs_f64() > m * 60.0);
+    let out_of_time =
+        |started: &Instant| options.max_minutes.is_some_and(|m| started.elapsed().as_secs_f64() > m * 60.0);
     let mut stop = false;
     while step < end && !stop {
         let indices = batch_indices(data.len(), c.batch_size, step, c.seed, &mut order_cache);
@@ -543,7 +571,11 @@ pub fn train(c: &TrainConfig, data: &Dataset, device: &Device, options: &RunOpti
             Err(Error::Training(message)) => {
                 bar.finish_and_clear();
                 let kept = match read_checkpoint(&checkpoint_path) {
-                    Ok(saved) => format!("the last good checkpoint is {} (step {})", checkpoint_path.display(), saved.step),
+                    Ok(saved) => format!(
+                        "the last good checkpoint is {} (step {})",
+                        checkpoint_path.display(),
+                        saved.step
+                    ),
                     Err(_) => "no checkpoint was written yet".to_string(),
                 };
                 return Err(Error::Training(format!("{message}; stopping: {kept}")));
@@ -634,10 +666,8 @@ fn save_checkpoint(out: &Path, c: &TrainConfig, step: usize, state: &TrainState)
     let mut metadata = std::collections::HashMap::new();
     metadata.insert("format".to_string(), "dinov2-wgpu-train".to_string());
     metadata.insert("step".to_string(), step.to_string());
-    metadata.insert(
-        "config".to_string(),
-        serde_json::to_string(c).map_err(|e| Error::Config(e.to_string()))?,
-    );
+    metadata
+        .insert("config".to_string(), serde_json::to_string(c).map_err(|e| Error::Config(e.to_string()))?);
     let list: Vec<(&str, Vec<usize>, &[f32])> =
         tensors.iter().map(|(k, v)| (k.as_str(), v.shape.clone(), v.data.as_slice())).collect();
     let bytes = crate::io::safetensors_bytes(&list, Some(metadata))?;
@@ -654,18 +684,21 @@ pub fn read_checkpoint(path: &Path) -> Result<SavedRun> {
     if meta.get("format").map(String::as_str) != Some("dinov2-wgpu-train") {
         return Err(Error::checkpoint(path, "not a training checkpoint of this project"));
     }
-    let step = meta.get("step").and_then(|s| s.parse().ok()).ok_or_else(|| Error::checkpoint(path, "no step"))?;
+    let step =
+        meta.get("step").and_then(|s| s.parse().ok()).ok_or_else(|| Error::checkpoint(path, "no step"))?;
     let config: TrainConfig = meta
         .get("config")
         .and_then(|s| serde_json::from_str(s).ok())
         .ok_or_else(|| Error::checkpoint(path, "no readable config"))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::checkpoint(path, e.to_string()))?;
+    let st =
+        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::checkpoint(path, e.to_string()))?;
     let mut tensors = BTreeMap::new();
     for (name, view) in st.tensors() {
         if view.dtype() != safetensors::Dtype::F32 {
             return Err(Error::checkpoint(path, format!("tensor {name} is not f32")));
         }
-        let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let data =
+            view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         tensors.insert(name, HostTensor { shape: view.shape().to_vec(), data });
     }
     Ok(SavedRun { step, config, tensors })
@@ -703,7 +736,10 @@ pub fn backbone_path(path: &Path) -> Result<PathBuf> {
         if beside.exists() {
             return Ok(beside);
         }
-        return Err(Error::checkpoint(path, format!("a training checkpoint without {TEACHER_BACKBONE} beside it")));
+        return Err(Error::checkpoint(
+            path,
+            format!("a training checkpoint without {TEACHER_BACKBONE} beside it"),
+        ));
     }
     Ok(path.to_path_buf())
 }

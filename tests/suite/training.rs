@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use burn::tensor::{Distribution, Tensor};
 use burn::module::Module;
+use burn::tensor::{Distribution, Tensor};
 use dinov2_wgpu::train::TrainConfig;
 use dinov2_wgpu::train::head::HeadConfig;
 use dinov2_wgpu::train::params::HostTensor;
@@ -96,7 +96,11 @@ fn assert_same_run(a: &Path, b: &Path, what: &str) {
     let (ta, tb) = (model_tensors(a), model_tensors(b));
     assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>(), "{what}: tensor names differ");
     for (name, x) in &ta {
-        assert!(x == &tb[name], "{what}: tensor {name} differs (max abs {})", max_abs_diff(&x.data, &tb[name].data));
+        assert!(
+            x == &tb[name],
+            "{what}: tensor {name} differs (max abs {})",
+            max_abs_diff(&x.data, &tb[name].data)
+        );
     }
 }
 
@@ -257,7 +261,10 @@ fn the_recipe_gives_the_same_losses_on_wgpu_as_on_ndarray() {
     let (cpu_loss, cpu_grad) = &results[0];
     let (gpu_loss, gpu_grad) = &results[1];
     for (a, b) in cpu_loss.iter().zip(gpu_loss) {
-        assert!(a.is_finite() && (a - b).abs() <= 1e-4 * (1.0 + a.abs()), "losses {cpu_loss:?} vs {gpu_loss:?}");
+        assert!(
+            a.is_finite() && (a - b).abs() <= 1e-4 * (1.0 + a.abs()),
+            "losses {cpu_loss:?} vs {gpu_loss:?}"
+        );
     }
     let scale = cpu_grad.iter().fold(0f32, |m, v| m.max(v.abs()));
     let err = max_abs_diff(cpu_grad, gpu_grad);
@@ -287,8 +294,11 @@ fn efficient_stochastic_depth_equals_the_masked_formulation() {
         for s in 0..b {
             for e in 0..row {
                 let i = s * row + e;
-                let want =
-                    if kept.contains(&s) { plain[i] + (full[i] - plain[i]) * b as f32 / 2.0 } else { plain[i] };
+                let want = if kept.contains(&s) {
+                    plain[i] + (full[i] - plain[i]) * b as f32 / 2.0
+                } else {
+                    plain[i]
+                };
                 assert!((got[i] - want).abs() <= 1e-5 * (1.0 + want.abs()), "sample {s} kept {kept:?}");
             }
         }
@@ -393,7 +403,17 @@ fn eval_knn_and_train_from_the_command_line() {
     image_folder(&train, 2, 10, 5);
     image_folder(&test, 2, 5, 6);
     let json = dir.join("knn.json");
-    let run = dinov2(&["eval", "knn", "--raw-pixels", "--train", s(&train), "--test", s(&test), "--json", s(&json)]);
+    let run = dinov2(&[
+        "eval",
+        "knn",
+        "--raw-pixels",
+        "--train",
+        s(&train),
+        "--test",
+        s(&test),
+        "--json",
+        s(&json),
+    ]);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     // the two classes differ in mean brightness by 120 grey levels: pixels separate them
@@ -418,7 +438,18 @@ fn eval_knn_and_train_from_the_command_line() {
     let args = train_args(s(&config), s(&train), s(&out));
     let run = dinov2(&args);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let run = dinov2(&["eval", "knn", "--weights", s(&out), "--train", s(&train), "--test", s(&test), "--backend", "ndarray"]);
+    let run = dinov2(&[
+        "eval",
+        "knn",
+        "--weights",
+        s(&out),
+        "--train",
+        s(&train),
+        "--test",
+        s(&test),
+        "--backend",
+        "ndarray",
+    ]);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert_eq!(stdout.lines().filter(|l| l.contains("top-1")).count(), 4, "{stdout}");
@@ -429,7 +460,8 @@ fn eval_knn_and_train_from_the_command_line() {
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
 
     // bad input: one line, non-zero exit
-    let run = dinov2(&["eval", "knn", "--raw-pixels", "--train", s(&dir.join("nowhere")), "--test", s(&test)]);
+    let run =
+        dinov2(&["eval", "knn", "--raw-pixels", "--train", s(&dir.join("nowhere")), "--test", s(&test)]);
     assert!(!run.status.success());
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
