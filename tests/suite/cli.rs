@@ -3,17 +3,9 @@
 //! output file; `pca` and `match` draw non-blank pictures.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use crate::common::*;
-
-fn dinov2(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dinov2")).args(args).output().expect("run dinov2")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn embed_matches_reference(backend: &str, variant: &str, weights: &str, expected: &str, tol: f32) {
     let dir = Scratch::new(&format!("embed-{backend}-{variant}"));

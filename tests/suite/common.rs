@@ -96,3 +96,13 @@ pub fn read_u8(path: &Path, name: &str) -> (Vec<usize>, Vec<u8>) {
     assert_eq!(view.dtype(), safetensors::Dtype::U8);
     (view.shape().to_vec(), view.data().to_vec())
 }
+
+/// Run the `dinov2` binary.
+pub fn dinov2(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_dinov2")).args(args).output().expect("run dinov2")
+}
+
+/// A path as a command-line argument.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}

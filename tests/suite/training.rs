@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use burn::module::Module;
@@ -64,10 +64,6 @@ fn image_folder(dir: &Path, classes: usize, n: usize, seed: u64) {
 
 fn write_config(path: &Path, c: &TrainConfig) {
     std::fs::write(path, serde_json::to_string_pretty(c).unwrap()).unwrap();
-}
-
-fn dinov2(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dinov2")).args(args).output().expect("run dinov2")
 }
 
 fn train_args<'a>(config: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> {
@@ -472,8 +468,4 @@ fn eval_knn_and_train_from_the_command_line() {
 
 fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
