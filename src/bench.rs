@@ -347,7 +347,7 @@ pub fn bench_train(
     device.memory_cleanup();
     let pool_before = device.memory_pool_usage().map(|u| u.bytes_reserved);
     let rss_before = process_peak_rss();
-    let mut state = TrainState::new(c, device);
+    let mut state = TrainState::new(c, device)?;
     let indices: Vec<usize> = (0..c.batch_size).map(|i| i % data.len()).collect();
     let batch = make_batch(c, data, &indices, 0)?;
     state.step(c, &batch, 0)?;

@@ -716,6 +716,7 @@ fn bench_kernels(args: BenchKernelsArgs) -> Result<()> {
 }
 
 fn bench_train(args: BenchTrainArgs) -> Result<()> {
+    use crate::train::config::Precision;
     let mut config = crate::train::TrainConfig::preset(&args.preset)?;
     if let Some(b) = args.batch_size {
         config.batch_size = b;
@@ -737,23 +738,33 @@ fn bench_train(args: BenchTrainArgs) -> Result<()> {
         config.crops.local_size,
         args.steps
     );
-    let mut baseline: Option<(f64, &str)> = None;
+    // f32 everywhere, and mixed precision too where the device offers f16
+    let mut baseline: Option<(f64, String)> = None;
     for kind in kinds {
         let device = backend::device(kind)?;
-        let result = crate::bench::bench_train(&config, &data, &device, args.steps)?;
-        let (base, base_name) = *baseline.get_or_insert((result.images_per_second, kind.name()));
-        println!(
-            "{:8} {:8.2} images/s ({:.2}x the {} baseline), {:6.0} ms/step, peak memory {} ({})",
-            kind.name(),
-            result.images_per_second,
-            result.images_per_second / base,
-            base_name,
-            result.ms_per_step,
-            result
-                .peak_bytes
-                .map_or("n/a".to_string(), |b| format!("{:.0} MiB", b as f64 / (1 << 20) as f64)),
-            result.memory_kind
-        );
+        let mut precisions = vec![Precision::F32];
+        if crate::train::trainer::resolve_precision(Precision::Mixed, &device).is_ok() {
+            precisions.push(Precision::Mixed);
+        }
+        for precision in precisions {
+            config.precision = precision;
+            let label =
+                format!("{} {}", kind.name(), if precision == Precision::Mixed { "mixed" } else { "f32" });
+            let result = crate::bench::bench_train(&config, &data, &device, args.steps)?;
+            let (base, base_name) = baseline.get_or_insert((result.images_per_second, label.clone())).clone();
+            println!(
+                "{:14} {:8.2} images/s ({:.2}x the {} baseline), {:6.0} ms/step, peak memory {} ({})",
+                label,
+                result.images_per_second,
+                result.images_per_second / base,
+                base_name,
+                result.ms_per_step,
+                result
+                    .peak_bytes
+                    .map_or("n/a".to_string(), |b| format!("{:.0} MiB", b as f64 / (1 << 20) as f64)),
+                result.memory_kind
+            );
+        }
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ use burn::tensor::{Device, Tensor};
 use crate::checkpoint::BackboneWeights;
 use crate::error::Result;
 use crate::kernels::{self, AttentionImpl};
+use crate::model::precision;
 
 pub use crate::kernels::attention_reference;
 
@@ -46,9 +47,11 @@ impl Attention {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, n, d] = x.dims();
         let heads = self.num_heads;
-        let qkv = self.qkv.forward(x).reshape([b, n, 3, heads, d / heads]).permute([2, 0, 3, 1, 4]);
-        let part = |i: usize| qkv.clone().narrow(0, i, 1).reshape([b, heads, n, d / heads]);
-        let out = kernels::attention(part(0), part(1), part(2), self.implementation);
-        self.proj.forward(out.swap_dims(1, 2).reshape([b, n, d]))
+        let qkv =
+            precision::linear(&self.qkv, x).reshape([b, n, 3, heads, d / heads]).permute([2, 0, 3, 1, 4]);
+        let part =
+            |i: usize| precision::to_compute(qkv.clone().narrow(0, i, 1).reshape([b, heads, n, d / heads]));
+        let out = precision::to_f32(kernels::attention(part(0), part(1), part(2), self.implementation));
+        precision::linear(&self.proj, out.swap_dims(1, 2).reshape([b, n, d]))
     }
 }

@@ -11,6 +11,7 @@ use burn::tensor::{Device, Distribution, Tensor, activation};
 use crate::checkpoint::BackboneWeights;
 use crate::config::FfnKind;
 use crate::error::Result;
+use crate::model::precision;
 
 #[derive(Module, Debug)]
 pub struct FeedForward {
@@ -48,7 +49,7 @@ impl FeedForward {
     }
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let hidden = self.fc1.forward(x);
+        let hidden = precision::linear(&self.fc1, x);
         let hidden = if self.swiglu {
             let half = hidden.dims()[2] / 2;
             let x1 = hidden.clone().narrow(2, 0, half);
@@ -57,6 +58,6 @@ impl FeedForward {
         } else {
             activation::gelu(hidden)
         };
-        self.fc2.forward(hidden)
+        precision::linear(&self.fc2, hidden)
     }
 }

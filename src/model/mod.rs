@@ -6,6 +6,7 @@ pub mod block;
 pub mod ffn;
 pub mod patch_embed;
 pub mod pos_embed;
+pub mod precision;
 pub mod vit;
 
 pub use vit::{DinoVisionTransformer, Features};

@@ -49,6 +49,6 @@ impl PatchEmbed {
         let weight = self.weight.val();
         let d = weight.dims()[0];
         let weight = weight.reshape([d, c * p * p]).transpose();
-        burn::tensor::module::linear(patches, weight, Some(self.bias.val()))
+        crate::model::precision::affine(patches, weight, Some(self.bias.val()))
     }
 }

@@ -20,6 +20,21 @@ pub enum Centering {
     Centering,
 }
 
+/// The element type of the matrix products (the parameters and the optimizer stay f32).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// `mixed` where the device is a wgpu adapter with shader-f16, `f32` otherwise (the CPU
+    /// backend computes in f32).
+    #[default]
+    Auto,
+    /// Everything in f32.
+    F32,
+    /// f16 matrix products under autocast with a dynamic loss scale (the official
+    /// `compute_precision` fp16 with its gradient scaler); an error where the device has no f16.
+    Mixed,
+}
+
 /// A final phase at larger crops (the paper's high-resolution adaptation: 518 px for the
 /// official models), with the position embeddings interpolated to the new grid.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -90,6 +105,10 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Steps between checkpoints (one is always written at the end).
     pub checkpoint_every: usize,
+    /// f32 or mixed precision (official: fp16 compute with a gradient scaler); `auto` picks
+    /// mixed where the adapter supports f16.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl TrainConfig {
@@ -163,6 +182,7 @@ impl TrainConfig {
             highres: None,
             seed: 0,
             checkpoint_every: 1250,
+            precision: Precision::Auto,
         }
     }
 

@@ -11,6 +11,7 @@ use burn::nn::Linear;
 use burn::tensor::{Device, Distribution, Tensor, activation};
 
 use crate::model::ffn::linear_init;
+use crate::model::precision;
 
 /// Widths of a head.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -66,7 +67,7 @@ impl DinoHead {
         let last = self.mlp.len() - 1;
         let mut x = x;
         for (i, layer) in self.mlp.iter().enumerate() {
-            x = layer.forward(x);
+            x = precision::linear(layer, x);
             if i < last {
                 x = activation::gelu(x);
             }
@@ -74,6 +75,6 @@ impl DinoHead {
         let x = x.clone() / x.square().sum_dim(1).sqrt().clamp_min(1e-12);
         let v = self.last_layer_v.val();
         let weight = v.clone() / v.square().sum_dim(0).sqrt() * self.last_layer_g.val().unsqueeze::<2>();
-        x.matmul(weight)
+        precision::matmul2(x, weight)
     }
 }

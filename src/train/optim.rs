@@ -21,6 +21,8 @@ pub struct StepRates {
     pub lr: f64,
     pub last_layer_lr: f64,
     pub weight_decay: f64,
+    /// Factor on every gradient before clipping: `1 / loss scale` under mixed precision.
+    pub grad_scale: f64,
 }
 
 /// How parameters are grouped.
@@ -69,8 +71,11 @@ pub struct AdamW {
 /// What one step measured.
 #[derive(Clone, Debug, Default)]
 pub struct StepReport {
-    /// Gradient norm of each part before clipping.
+    /// Gradient norm of each part before clipping (after `grad_scale`).
     pub grad_norms: BTreeMap<String, f64>,
+    /// A gradient was inf or NaN: nothing was updated (the loss scale was too large, or the
+    /// step diverged).
+    pub skipped: bool,
 }
 
 impl AdamW {
@@ -116,7 +121,7 @@ impl AdamW {
             let all = Tensor::cat(norms.sums.into_values().collect(), 0);
             let values = all.into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default();
             for (name, sq) in names.iter().zip(values) {
-                let norm = (sq as f64).sqrt();
+                let norm = (sq as f64).sqrt() * rates.grad_scale;
                 // torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), at most 1
                 let scale = if self.rules.clip_grad > 0.0 {
                     (self.rules.clip_grad / (norm + 1e-6)).min(1.0)
@@ -124,8 +129,12 @@ impl AdamW {
                     1.0
                 };
                 report.grad_norms.insert(name.clone(), norm);
-                scales.insert(name.clone(), scale);
+                scales.insert(name.clone(), scale * rates.grad_scale);
             }
+        }
+        if report.grad_norms.values().any(|n| !n.is_finite()) {
+            report.skipped = true;
+            return (model, report);
         }
 
         // pass 2: the update
@@ -226,5 +235,60 @@ impl AdamW {
             self.moments.insert(name.to_string(), Moments { m: tensor(host), v: tensor(v) });
             self.steps.insert(name.to_string(), t.data[0] as u64);
         }
+    }
+}
+
+/// PyTorch's dynamic loss scaling (`torch.cuda.amp.GradScaler` defaults, as DINOv2's fp16
+/// training uses it): the loss is multiplied by `scale` before backward so small f16
+/// gradients do not flush to zero; a step whose gradients overflow is skipped and halves the
+/// scale, and `growth_interval` good steps in a row double it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LossScaler {
+    pub scale: f64,
+    /// Good steps since the last change.
+    pub good_steps: u64,
+    pub growth_factor: f64,
+    pub backoff_factor: f64,
+    pub growth_interval: u64,
+}
+
+impl Default for LossScaler {
+    fn default() -> Self {
+        Self { scale: 65536.0, good_steps: 0, growth_factor: 2.0, backoff_factor: 0.5, growth_interval: 2000 }
+    }
+}
+
+impl LossScaler {
+    /// After a step: `overflow` = its gradients were not finite (and it was skipped).
+    pub fn update(&mut self, overflow: bool) {
+        if overflow {
+            self.scale *= self.backoff_factor;
+            self.good_steps = 0;
+        } else {
+            self.good_steps += 1;
+            if self.good_steps >= self.growth_interval {
+                self.scale *= self.growth_factor;
+                self.good_steps = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LossScaler;
+
+    #[test]
+    fn the_loss_scale_halves_on_overflow_and_doubles_after_the_growth_interval() {
+        let mut s = LossScaler { growth_interval: 3, ..LossScaler::default() };
+        s.update(false);
+        s.update(false);
+        assert_eq!((s.scale, s.good_steps), (65536.0, 2));
+        s.update(true);
+        assert_eq!((s.scale, s.good_steps), (32768.0, 0), "an overflow halves and restarts the count");
+        for _ in 0..3 {
+            s.update(false);
+        }
+        assert_eq!((s.scale, s.good_steps), (65536.0, 0), "three good steps double it");
     }
 }

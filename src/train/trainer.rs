@@ -12,24 +12,25 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use super::augment::multi_crop;
-use super::config::{Centering, TrainConfig};
+use super::config::{Centering, Precision, TrainConfig};
 use super::data::Dataset;
 use super::head::DinoHead;
 use super::loss;
 use super::mask::{MaskGenerator, collate_masks, mask_weights};
-use super::optim::{AdamW, GroupRules, StepRates};
+use super::optim::{AdamW, GroupRules, LossScaler, StepRates};
 use super::params::{HostTensor, ema_update, load_named_params, named_params};
 use super::schedule::Cosine;
 use crate::error::{Error, Result};
 use crate::model::DinoVisionTransformer;
 use crate::model::block::BlockDrop;
+use crate::model::precision;
 
 /// The student (and, as an EMA copy, the teacher): backbone and heads.
 #[derive(Module, Debug)]
@@ -403,6 +404,26 @@ pub struct TrainState {
     pub schedules: Schedules,
     /// The student's (autodiff) device.
     pub device: Device,
+    /// The element type of the matrix products under mixed precision, `None` for f32.
+    pub compute: Option<DType>,
+    /// The dynamic loss scale under mixed precision.
+    pub scaler: Option<LossScaler>,
+}
+
+/// What `precision` means on `device`: f16 matrix products where it is a wgpu adapter with
+/// f16 and the recipe asks for `mixed` or `auto`; an error where `mixed` cannot run.
+pub fn resolve_precision(precision: Precision, device: &Device) -> Result<Option<DType>> {
+    let f16 = crate::backend::device_name(device).is_some() && device.supports_dtype(DType::F16);
+    match precision {
+        Precision::F32 => Ok(None),
+        Precision::Auto => Ok(f16.then_some(DType::F16)),
+        Precision::Mixed if f16 => Ok(Some(DType::F16)),
+        Precision::Mixed => Err(Error::Usage(
+            "precision `mixed` needs a wgpu adapter with shader-f16; this device computes in f32 only \
+             (use \"precision\": \"auto\" or \"f32\")"
+                .to_string(),
+        )),
+    }
 }
 
 /// What one step did.
@@ -416,7 +437,8 @@ pub struct StepOutcome {
 
 impl TrainState {
     /// A new run: the student initialised from `c.seed`, the teacher its copy.
-    pub fn new(c: &TrainConfig, device: &Device) -> Self {
+    pub fn new(c: &TrainConfig, device: &Device) -> Result<Self> {
+        let compute = resolve_precision(c.precision, device)?;
         let ad = device.clone().autodiff();
         device.seed(c.seed);
         let student = SslModel::new(c, &ad);
@@ -427,14 +449,16 @@ impl TrainState {
             patch_embed_lr_mult: c.patch_embed_lr_mult,
             clip_grad: c.clip_grad,
         };
-        Self {
+        Ok(Self {
             student,
             teacher,
             optimizer: AdamW::new(c.adamw_betas.0, c.adamw_betas.1, rules),
             centers: Centers { dino: None, ibot: None },
             schedules: Schedules::new(c),
             device: ad,
-        }
+            compute,
+            scaler: compute.map(|_| LossScaler::default()),
+        })
     }
 
     /// Continue from a checkpoint's tensors.
@@ -457,16 +481,27 @@ impl TrainState {
                 .map(|h| Tensor::<2>::from_data(TensorData::new(h.data.clone(), [1, h.data.len()]), &plain))
         };
         self.centers = Centers { dino: center("center.dino"), ibot: center("center.ibot") };
+        if let (Some(scaler), Some(saved)) = (self.scaler.as_mut(), saved.tensors.get("scaler")) {
+            if let [scale, good_steps] = saved.data[..] {
+                scaler.scale = scale as f64;
+                scaler.good_steps = good_steps as u64;
+            }
+        }
         Ok(self)
     }
 
     /// One training step on `batch`: losses, backward, AdamW, EMA teacher. A non-finite loss
-    /// is an error and leaves the models untouched.
+    /// is an error and leaves the models untouched. Under mixed precision the forward passes
+    /// run under autocast, the loss is scaled for backward, and a step whose gradients
+    /// overflow is skipped (the optimizer's and the teacher's weights unchanged, the scale
+    /// halved), as PyTorch's gradient scaler does; in f32 such gradients are an error.
     pub fn step(&mut self, c: &TrainConfig, batch: &Batch, step: usize) -> Result<StepOutcome> {
         let teacher_temp = self.schedules.teacher_temp.at(step);
         let mut centers = Centers { dino: self.centers.dino.clone(), ibot: self.centers.ibot.clone() };
+        let scope = precision::autocast(self.compute);
         let (total, parts) =
             step_loss(c, &self.student, &self.teacher, batch, teacher_temp, &mut centers, &self.device);
+        drop(scope);
         let values = Tensor::cat(std::iter::once(total.clone()).chain(parts).collect(), 0)
             .into_data()
             .convert::<f32>()
@@ -480,16 +515,29 @@ impl TrainState {
             )));
         }
         self.centers = centers;
-        let mut grads = total.backward();
+        let loss_scale = self.scaler.map_or(1.0, |s| s.scale);
+        let mut grads = if loss_scale == 1.0 { total } else { total.mul_scalar(loss_scale) }.backward();
         let rates = StepRates {
             lr: self.schedules.lr.at(step),
             last_layer_lr: self.schedules.last_layer_lr(step),
             weight_decay: self.schedules.weight_decay.at(step),
+            grad_scale: 1.0 / loss_scale,
         };
         // modules clone by reference: the clones are the ones mapped
         let (student, report) = self.optimizer.step(self.student.clone(), &mut grads, rates);
         self.student = student;
+        match self.scaler.as_mut() {
+            Some(scaler) => scaler.update(report.skipped),
+            None if report.skipped => {
+                return Err(Error::Training(format!(
+                    "gradients became non-finite at step {step} (norms {:?})",
+                    report.grad_norms
+                )));
+            }
+            None => {}
+        }
         let momentum = self.schedules.momentum.at(step);
+        // as the official loop: the teacher follows the student on every step
         self.teacher = ema_update(self.teacher.clone(), &self.student, momentum);
         let loss = LossParts {
             total: values[0] as f64,
@@ -511,7 +559,7 @@ pub fn train(c: &TrainConfig, data: &Dataset, device: &Device, options: &RunOpti
     let out = &options.out;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let checkpoint_path = out.join(CHECKPOINT);
-    let mut state = TrainState::new(c, device);
+    let mut state = TrainState::new(c, device)?;
     let mut start = 0;
     if options.resume && checkpoint_path.exists() {
         let saved = read_checkpoint(&checkpoint_path)?;
@@ -595,6 +643,8 @@ pub fn train(c: &TrainConfig, data: &Dataset, device: &Device, options: &RunOpti
             "momentum": outcome.momentum,
             "teacher_temp": outcome.teacher_temp,
             "grad_norm": outcome.report.grad_norms,
+            "loss_scale": state.scaler.map(|s| s.scale),
+            "skipped": outcome.report.skipped,
             "images_per_s": rate,
             "elapsed_s": started.elapsed().as_secs_f64(),
         });
@@ -647,7 +697,7 @@ pub struct SavedRun {
 /// Write the checkpoint (student, teacher, optimizer, centres, step, config) and the teacher's
 /// backbone in the official layout, each atomically.
 fn save_checkpoint(out: &Path, c: &TrainConfig, step: usize, state: &TrainState) -> Result<()> {
-    let TrainState { student, teacher, optimizer, centers, .. } = state;
+    let TrainState { student, teacher, optimizer, centers, scaler, .. } = state;
     let mut tensors = BTreeMap::new();
     for (prefix, module) in [("student.", student), ("teacher.", teacher)] {
         for (k, v) in named_params(module)? {
@@ -662,6 +712,12 @@ fn save_checkpoint(out: &Path, c: &TrainConfig, step: usize, state: &TrainState)
             let data = crate::features::to_host(t.clone())?;
             tensors.insert(name.to_string(), HostTensor { shape: vec![data.len()], data });
         }
+    }
+    if let Some(s) = scaler {
+        tensors.insert(
+            "scaler".to_string(),
+            HostTensor { shape: vec![2], data: vec![s.scale as f32, s.good_steps as f32] },
+        );
     }
     let mut metadata = std::collections::HashMap::new();
     metadata.insert("format".to_string(), "dinov2-wgpu-train".to_string());
