@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The short-schedule sweep of BENCHMARKS.md: the tiny recipe compressed to 300 steps (epochs of
+# 30 steps, so every warm-up completes) and one change at a time, each run on one thread, two
+# at a time (on 2 cores two 1-thread runs do ~1.7x the images of one 2-thread run), then k-NN
+# (k=20) of the teacher at steps 100/200/300 on the first 10k train / 2k test images.
+#
+#   bash scripts/fashion_mnist_sweep.sh [OUT_DIR]      # needs python3 and dataset-fashion-mnist
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-runs/sweep}
+mkdir -p "$out"
+cargo build --release
+bin=target/release/dinov2
+$bin train --preset tiny --print-config > "$out/tiny.json"
+python3 - "$out" <<'PY'
+import copy, json, sys
+out = sys.argv[1]
+base = json.load(open(f"{out}/tiny.json"))
+base.update(total_steps=300, epoch_length=30, checkpoint_every=100)
+variants = {
+    "base": {},
+    "lr_x3": {"base_lr": 0.012},
+    "softmax_centering": {"centering": "centering"},
+    "prototypes_256": {"dino_head.n_prototypes": 256, "ibot_head.n_prototypes": 256},
+    "teacher_temp_0.04": {"teacher_temp": 0.04},
+    "light_aug": {"crops.solarize_prob": 0.0, "crops.jitter_prob": 0.3},
+    "mild_crops_koleo_0.3": {"crops.global_scale": [0.7, 1.0], "crops.local_scale": [0.25, 0.6],
+                             "koleo_loss_weight": 0.3},
+    "no_ibot": {"ibot_loss_weight": 0.0},
+}
+for name, changes in variants.items():
+    c = copy.deepcopy(base)
+    for key, value in changes.items():
+        node = c
+        *path, last = key.split(".")
+        for k in path:
+            node = node[k]
+        node[last] = value
+    json.dump(c, open(f"{out}/{name}.json", "w"), indent=1)
+print(" ".join(variants))
+PY
+run() {
+  local name=$1
+  RAYON_NUM_THREADS=1 $bin train --config "$out/$name.json" --data fashion-mnist-train --out "$out/$name" \
+    --overwrite --keep-snapshots --quiet
+  for step in 100 200 300; do
+    top1=$($bin eval knn --weights "$out/$name/snapshots/teacher_step$step.safetensors" --size 28 \
+      --limit-train 10000 --limit-test 2000 --train fashion-mnist-train --test fashion-mnist-test | awk '/k=20 /{print $3}')
+    echo "$name step $step k=20 $top1"
+  done > "$out/$name.knn"
+}
+names=(base lr_x3 softmax_centering prototypes_256 teacher_temp_0.04 light_aug mild_crops_koleo_0.3 no_ibot)
+for ((i = 0; i < ${#names[@]}; i += 2)); do
+  run "${names[i]}" & run "${names[i+1]}" & wait
+done
+cat "$out"/*.knn
