@@ -51,6 +51,9 @@ pub enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Data curation (embeddings, self- and relative deduplication, retrieval).
+    #[command(subcommand)]
+    Curate(crate::curate::cli::CurateCommand),
 }
 
 /// The bundled sample photographs (scikit-image), the default training data.
@@ -322,6 +325,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Embed(args)) => bench_embed(args),
         Command::Bench(BenchCommand::Kernels(args)) => bench_kernels(args),
         Command::Bench(BenchCommand::Train(args)) => bench_train(args),
+        Command::Curate(command) => crate::curate::cli::run(command),
     }
 }
 

@@ -4,12 +4,14 @@
 //! - [`model`]: the backbone; [`checkpoint`]: official `.pth` and HuggingFace weights.
 //! - [`data`]: image decoding and the evaluation transform; [`features`]: batched embedding.
 //! - [`eval`]: PCA of patch features, patch matching; [`backend`]: devices and adapters.
+//! - [`curate`]: data curation: exact k-NN, union-find.
 
 pub mod backend;
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod curate;
 pub mod data;
 pub mod error;
 pub mod eval;

@@ -24,8 +24,8 @@ pub enum Centering {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Precision {
-    /// `mixed` where the device is a wgpu adapter with shader-f16, `f32` otherwise (the CPU
-    /// backend computes in f32).
+    /// `mixed` where the device is a hardware wgpu adapter with shader-f16, `f32` otherwise
+    /// (the CPU backend computes in f32; software adapters emulate f16 slowly).
     #[default]
     Auto,
     /// Everything in f32.

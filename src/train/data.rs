@@ -63,6 +63,14 @@ impl Dataset {
         }
     }
 
+    /// What item `i` is called in reports: its file, or `name[i]` for a packed dataset.
+    pub fn item_name(&self, i: usize) -> String {
+        match self {
+            Self::Grey { name, .. } => format!("{name}[{i}]"),
+            Self::Files { files, .. } => files[i].display().to_string(),
+        }
+    }
+
     /// Image `i` as RGB.
     pub fn image(&self, i: usize) -> Result<RgbImage> {
         match self {

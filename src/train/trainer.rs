@@ -411,12 +411,17 @@ pub struct TrainState {
 }
 
 /// What `precision` means on `device`: f16 matrix products where it is a wgpu adapter with
-/// f16 and the recipe asks for `mixed` or `auto`; an error where `mixed` cannot run.
+/// f16 and the recipe asks for `mixed`, or `auto` on a hardware adapter (a software adapter
+/// emulates f16: lavapipe runs the tiny recipe 5x slower in mixed precision, BENCHMARKS.md);
+/// an error where `mixed` cannot run.
 pub fn resolve_precision(precision: Precision, device: &Device) -> Result<Option<DType>> {
-    let f16 = crate::backend::device_name(device).is_some() && device.supports_dtype(DType::F16);
+    let name = crate::backend::device_name(device);
+    let f16 = name.is_some() && device.supports_dtype(DType::F16);
+    let hardware =
+        name.is_some_and(|n| crate::backend::adapters().iter().any(|a| a.name == n && !a.is_software));
     match precision {
         Precision::F32 => Ok(None),
-        Precision::Auto => Ok(f16.then_some(DType::F16)),
+        Precision::Auto => Ok((f16 && hardware).then_some(DType::F16)),
         Precision::Mixed if f16 => Ok(Some(DType::F16)),
         Precision::Mixed => Err(Error::Usage(
             "precision `mixed` needs a wgpu adapter with shader-f16; this device computes in f32 only \

@@ -5,6 +5,7 @@ mod backbone_parity;
 mod checkpoint;
 mod cli;
 mod common;
+mod curate;
 mod kernels;
 mod losses;
 mod pos_embed;

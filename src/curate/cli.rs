@@ -1,0 +1,292 @@
+//! `dinov2 curate embed | dedup | relative | retrieve`.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::dedup::{RELATIVE_THRESHOLD, SELF_K, SELF_THRESHOLD, relative_dedup, self_dedup};
+use super::embed::{EmbedJob, UNREADABLE, embed_folder};
+use super::embeddings::Embeddings;
+use super::retrieve::{Selection, retrieve};
+use crate::cli::ModelArgs;
+use crate::data::preprocess::Resize;
+use crate::error::{Error, Result};
+use crate::train::data::Dataset;
+
+#[derive(Subcommand, Debug)]
+pub enum CurateCommand {
+    /// L2-normalised CLS embeddings of every image under a folder, in resumable shards.
+    Embed(CurateEmbedArgs),
+    /// Self-deduplication: k nearest neighbours, pairs above the threshold, connected
+    /// components (union-find), one image kept per component.
+    Dedup(DedupArgs),
+    /// Drop every image similar to any image of an evaluation set.
+    Relative(RelativeArgs),
+    /// Pool images close to a query set: nearest per query, or sampled from the queries' clusters.
+    Retrieve(RetrieveArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CurateEmbedArgs {
+    /// Images: a folder (searched recursively; PNG, JPEG), fashion-mnist-train or fashion-mnist-test.
+    pub data: String,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Output folder: manifest.json, shard-NNNNN.safetensors + .files.txt, unreadable.csv.
+    /// Running the same command again finishes an interrupted run.
+    #[arg(long, short)]
+    pub output: PathBuf,
+    /// Image sizing: `eval` (shorter side 256, centre crop 224) or N (shorter side N, centre crop N x N).
+    #[arg(long, default_value = "eval")]
+    pub size: String,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Images per shard (the unit of resumption).
+    #[arg(long, default_value_t = 4096)]
+    pub shard_size: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct DedupArgs {
+    /// Embeddings: a folder written by `curate embed`, or a safetensors file with `embeddings` [N, D].
+    pub embeddings: PathBuf,
+    /// Neighbours per image (paper: 64).
+    #[arg(long, default_value_t = SELF_K)]
+    pub k: usize,
+    /// Cosine similarity above which two images are copies (paper: 0.6).
+    #[arg(long, default_value_t = SELF_THRESHOLD)]
+    pub threshold: f32,
+    /// Decisions: index,path,kept,representative.
+    #[arg(long, short)]
+    pub output: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct RelativeArgs {
+    /// Embeddings of the images to filter (folder or safetensors file).
+    pub embeddings: PathBuf,
+    /// Embeddings of the evaluation set(s) (folder or safetensors file).
+    #[arg(long)]
+    pub against: PathBuf,
+    /// Cosine similarity above which an image is dropped (paper: 0.45).
+    #[arg(long, default_value_t = RELATIVE_THRESHOLD)]
+    pub threshold: f32,
+    /// Decisions: index,path,kept,representative.
+    #[arg(long, short)]
+    pub output: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct RetrieveArgs {
+    /// Embeddings of the uncurated pool.
+    #[arg(long)]
+    pub pool: PathBuf,
+    /// Embeddings of the curated queries.
+    #[arg(long)]
+    pub queries: PathBuf,
+    /// How to select: auto (per-query for query sets of at least --large-queries images,
+    /// per-cluster below), per-query or per-cluster.
+    #[arg(long, default_value = "auto")]
+    pub mode: String,
+    /// Query sets at least this large select per query in auto mode.
+    #[arg(long, default_value_t = 100_000)]
+    pub large_queries: usize,
+    /// k-means clusters of the pool (per-cluster mode).
+    #[arg(long, default_value_t = 1000)]
+    pub clusters: usize,
+    /// Lloyd iterations at most.
+    #[arg(long, default_value_t = 20)]
+    pub iterations: usize,
+    /// Nearest pool images kept per query (paper: 4).
+    #[arg(long, default_value_t = 4)]
+    pub per_query: usize,
+    /// Pool images sampled from each query's cluster (paper: 10000).
+    #[arg(long, default_value_t = 10_000)]
+    pub per_cluster: usize,
+    /// Seed of the k-means++ seeding and the sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Decisions on the pool: index,path,kept (= selected),representative.
+    #[arg(long, short)]
+    pub output: PathBuf,
+}
+
+/// Run a `curate` command.
+pub fn run(command: CurateCommand) -> Result<()> {
+    match command {
+        CurateCommand::Embed(args) => embed(args),
+        CurateCommand::Dedup(args) => dedup(args),
+        CurateCommand::Relative(args) => relative(args),
+        CurateCommand::Retrieve(args) => retrieve_command(args),
+    }
+}
+
+fn bar(len: usize, unit: &str, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{msg}} [{{bar:30}}] {{pos}}/{{len}} {unit}, {{per_sec}}, eta {{eta}}"
+        ))
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+fn check_output(path: &Path) -> Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => {
+            Err(Error::Usage(format!("{}: the output's folder does not exist", path.display())))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn read(path: &Path) -> Result<Embeddings> {
+    Embeddings::read(path)
+}
+
+fn embed(args: CurateEmbedArgs) -> Result<()> {
+    let resize = match Resize::parse(&args.size)? {
+        Resize::Shorter(n) => Resize::Square(n),
+        Resize::Native => {
+            return Err(Error::Usage(
+                "--size native would give images of different sizes: use eval or a number of pixels".into(),
+            ));
+        }
+        other => other,
+    };
+    let data = Dataset::open(&args.data)?;
+    let (model, device) = crate::cli::load_model(&args.model)?;
+    let weights = args.model.weights.as_ref().map_or_else(
+        || format!("random {}", args.model.arch.as_deref().unwrap_or("init")),
+        |w| w.display().to_string(),
+    );
+    let job = EmbedJob {
+        model: &model,
+        device: &device,
+        data: &data,
+        resize,
+        size: args.size.clone(),
+        weights,
+        batch_size: args.batch_size,
+        shard_size: args.shard_size,
+    };
+    let progress = bar(data.len(), "images", "embedding");
+    let summary = embed_folder(&job, &args.output, |n| progress.inc(n as u64))?;
+    progress.finish_and_clear();
+    eprintln!(
+        "wrote {}: {} embeddings of {} in {} shards ({} kept from an earlier run), {} unreadable (listed in {})",
+        args.output.display(),
+        summary.embedded,
+        model.config.embed_dim,
+        summary.shards_total,
+        summary.shards_kept,
+        summary.unreadable,
+        args.output.join(UNREADABLE).display()
+    );
+    Ok(())
+}
+
+fn dedup(args: DedupArgs) -> Result<()> {
+    check_output(&args.output)?;
+    if args.k == 0 {
+        return Err(Error::Usage("--k must be at least 1".into()));
+    }
+    let items = read(&args.embeddings)?;
+    let progress = bar(items.len(), "rows", "neighbours");
+    let decisions = self_dedup(&items, args.k, args.threshold, |n| progress.inc(n as u64));
+    progress.finish_and_clear();
+    decisions.write_csv(&args.output, &items)?;
+    eprintln!(
+        "wrote {}: kept {} of {} ({} removed as copies; k = {}, cosine > {})",
+        args.output.display(),
+        decisions.n_kept(),
+        items.len(),
+        items.len() - decisions.n_kept(),
+        args.k,
+        args.threshold
+    );
+    Ok(())
+}
+
+fn relative(args: RelativeArgs) -> Result<()> {
+    check_output(&args.output)?;
+    let items = read(&args.embeddings)?;
+    let against = read(&args.against)?;
+    if items.dim != against.dim {
+        return Err(Error::Usage(format!(
+            "{} has {}-d embeddings, {} has {}-d: embed both with the same model",
+            args.embeddings.display(),
+            items.dim,
+            args.against.display(),
+            against.dim
+        )));
+    }
+    let progress = bar(against.len(), "rows", "evaluation set");
+    let (decisions, _) = relative_dedup(&items, &against, args.threshold, |n| progress.inc(n as u64));
+    progress.finish_and_clear();
+    decisions.write_csv(&args.output, &items)?;
+    eprintln!(
+        "wrote {}: kept {} of {} ({} dropped as similar to the {} evaluation images, cosine > {})",
+        args.output.display(),
+        decisions.n_kept(),
+        items.len(),
+        items.len() - decisions.n_kept(),
+        against.len(),
+        args.threshold
+    );
+    Ok(())
+}
+
+fn retrieve_command(args: RetrieveArgs) -> Result<()> {
+    check_output(&args.output)?;
+    let pool = read(&args.pool)?;
+    let queries = read(&args.queries)?;
+    if pool.dim != queries.dim {
+        return Err(Error::Usage(format!(
+            "{} has {}-d embeddings, {} has {}-d: embed both with the same model",
+            args.pool.display(),
+            pool.dim,
+            args.queries.display(),
+            queries.dim
+        )));
+    }
+    let per_query = match args.mode.as_str() {
+        "auto" => queries.len() >= args.large_queries,
+        "per-query" => true,
+        "per-cluster" => false,
+        other => {
+            return Err(Error::Usage(format!("--mode {other}: expected auto, per-query or per-cluster")));
+        }
+    };
+    let selection = if per_query {
+        Selection::PerQuery(args.per_query.max(1))
+    } else {
+        Selection::PerCluster {
+            clusters: args.clusters.max(1),
+            per_cluster: args.per_cluster,
+            iterations: args.iterations,
+        }
+    };
+    let progress = if per_query {
+        bar(pool.len(), "rows", "nearest")
+    } else {
+        bar(args.iterations, "iterations", "k-means")
+    };
+    let decisions =
+        retrieve(pool.matrix(), queries.matrix(), selection, args.seed, |n| progress.inc(n as u64));
+    progress.finish_and_clear();
+    decisions.write_csv(&args.output, &pool)?;
+    eprintln!(
+        "wrote {}: selected {} of {} pool images for {} queries ({selection:?})",
+        args.output.display(),
+        decisions.n_kept(),
+        pool.len(),
+        queries.len()
+    );
+    Ok(())
+}
