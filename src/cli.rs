@@ -250,9 +250,31 @@ pub enum BenchCommand {
     Embed(BenchEmbedArgs),
     /// Training throughput (images/s) and peak memory of a recipe on each backend.
     Train(BenchTrainArgs),
+    /// Self-deduplication of synthetic embeddings with planted copies: time and peak memory of
+    /// the tiled exact search against the plain one, recall of the planted pairs.
+    Curate(BenchCurateArgs),
     /// The WGSL kernels against their composed references and burn's built-in attention:
     /// median times, device memory, differences; a Markdown table and optionally JSON.
     Kernels(BenchKernelsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchCurateArgs {
+    /// Embeddings (10% of them in planted clusters of 2-5 near-copies).
+    #[arg(long, default_value_t = 100_000)]
+    pub n: usize,
+    #[arg(long, default_value_t = 384)]
+    pub dim: usize,
+    #[arg(long, default_value_t = 64)]
+    pub k: usize,
+    #[arg(long, default_value_t = 0.6)]
+    pub threshold: f32,
+    /// Rows the plain exact search is timed on (its time is scaled to all rows).
+    #[arg(long, default_value_t = 500)]
+    pub baseline_queries: usize,
+    /// Also write the measurements as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -325,6 +347,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Embed(args)) => bench_embed(args),
         Command::Bench(BenchCommand::Kernels(args)) => bench_kernels(args),
         Command::Bench(BenchCommand::Train(args)) => bench_train(args),
+        Command::Bench(BenchCommand::Curate(args)) => bench_curate(args),
         Command::Curate(command) => crate::curate::cli::run(command),
     }
 }
@@ -769,6 +792,53 @@ fn bench_train(args: BenchTrainArgs) -> Result<()> {
                 result.memory_kind
             );
         }
+    }
+    Ok(())
+}
+
+fn bench_curate(args: BenchCurateArgs) -> Result<()> {
+    if args.n < 2 || args.dim == 0 || args.k == 0 {
+        return Err(Error::Usage("--n must be at least 2, --dim and --k at least 1".into()));
+    }
+    if let Some(path) = &args.json {
+        check_output_dir(path)?;
+    }
+    let bar = ProgressBar::new(args.n as u64);
+    bar.set_style(
+        ProgressStyle::with_template("neighbours [{bar:30}] {pos}/{len} rows, eta {eta}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    let r = crate::curate::bench::bench_curate(
+        args.n,
+        args.dim,
+        args.k,
+        args.threshold,
+        args.baseline_queries,
+        |n| bar.inc(n as u64),
+    );
+    bar.finish_and_clear();
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    println!(
+        "self-dedup of {} x {} embeddings ({} in planted clusters), k = {}, cosine > {}",
+        r.n, r.dim, r.planted_rows, r.k, r.threshold
+    );
+    println!(
+        "tiled exact search {:.2} s, union-find {:.3} s; plain exact search {:.1} s (timed on {} rows, scaled): {:.1}x",
+        r.search_seconds, r.union_find_seconds, r.baseline_seconds_estimated, r.baseline_queries, r.speedup
+    );
+    println!(
+        "peak memory growth during the search {} (the embeddings: {:.0} MiB); recall of planted pairs {:.4}, precision {:.4}, kept {}",
+        r.search_peak_bytes.map_or("n/a".to_string(), |b| format!("{:.0} MiB", mib(b))),
+        mib(r.embeddings_bytes),
+        r.recall,
+        r.precision,
+        r.kept
+    );
+    if let Some(path) = &args.json {
+        let text =
+            serde_json::to_string_pretty(&r).map_err(|e| Error::Usage(format!("cannot encode JSON: {e}")))?;
+        crate::io::write_atomic(path, text.as_bytes())?;
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! blocks, [`embeddings`] the on-disk sets, [`embed`] the resumable embedding job, [`dedup`]
 //! and [`retrieve`] the decisions, [`cli`] the `dinov2 curate` commands.
 
+pub mod bench;
 pub mod cli;
 pub mod dedup;
 pub mod embed;
