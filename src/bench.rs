@@ -326,7 +326,7 @@ pub struct TrainBench {
 }
 
 /// Peak resident memory of this process (`VmHWM`), Linux only.
-fn process_peak_rss() -> Option<u64> {
+pub(crate) fn process_peak_rss() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kib| kib * 1024)

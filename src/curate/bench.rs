@@ -84,13 +84,6 @@ pub fn synthetic(n: usize, dim: usize, planted_fraction: f64, seed: u64) -> (Vec
     (shuffled, ids)
 }
 
-/// Peak resident memory of this process (`VmHWM`), Linux only.
-fn peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kib| kib * 1024)
-}
-
 /// Run the benchmark (`progress` gets database rows done).
 pub fn bench_curate(
     n: usize,
@@ -105,11 +98,11 @@ pub fn bench_curate(
     // reset the peak to the current resident size (Linux: `5` to clear_refs), so the growth
     // measured is the search's own, not the generation's
     let _ = std::fs::write("/proc/self/clear_refs", "5");
-    let before = peak_rss();
+    let before = crate::bench::process_peak_rss();
     let start = Instant::now();
     let neighbours = search(m, m, k, true, progress);
     let search_seconds = start.elapsed().as_secs_f64();
-    let search_peak_bytes = peak_rss().zip(before).map(|(a, b)| a.saturating_sub(b));
+    let search_peak_bytes = crate::bench::process_peak_rss().zip(before).map(|(a, b)| a.saturating_sub(b));
     let start = Instant::now();
     let representative = components(&neighbours, threshold);
     let union_find_seconds = start.elapsed().as_secs_f64();
