@@ -114,7 +114,9 @@ fn embed_range(job: &EmbedJob, start: usize, end: usize, progress: &mut impl FnM
     let mut shard = Shard { data: Vec::new(), paths: Vec::new(), unreadable: Vec::new() };
     let indices: Vec<usize> = (start..end).collect();
     for chunk in indices.chunks(job.batch_size) {
-        let prepared: Vec<(usize, Result<Vec<f32>>, (usize, usize))> = chunk
+        // (item, its pixels or why not, its height and width)
+        type Prepared = (usize, Result<Vec<f32>>, (usize, usize));
+        let prepared: Vec<Prepared> = chunk
             .par_iter()
             .map(|&i| {
                 let name = job.data.item_name(i);

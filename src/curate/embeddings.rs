@@ -187,8 +187,11 @@ fn read_single(path: &Path) -> Result<Embeddings> {
     Ok(Embeddings { dim: shape[1], data, paths: None })
 }
 
+/// A tensor's shape, its f32 values, and its file's metadata.
+type TensorWithMetadata = (Vec<usize>, Vec<f32>, HashMap<String, String>);
+
 /// The `embeddings` tensor of a safetensors file (f32), its shape and the file's metadata.
-fn read_tensor(path: &Path) -> Result<(Vec<usize>, Vec<f32>, HashMap<String, String>)> {
+fn read_tensor(path: &Path) -> Result<TensorWithMetadata> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| Error::checkpoint(path, format!("not a safetensors file: {e}")))?;

@@ -71,19 +71,19 @@ pub fn kmeans(
         let neighbours = search(data, Matrix::new(&centroids, d), 1, false, |_| {});
         let mut moved = 0usize;
         let mut sims = vec![0f32; n];
-        for i in 0..n {
+        for (i, (slot, best)) in assignment.iter_mut().zip(sims.iter_mut()).enumerate() {
             let (idx, sim) = neighbours.of(i);
-            if assignment[i] != idx[0] {
+            if *slot != idx[0] {
                 moved += 1;
-                assignment[i] = idx[0];
+                *slot = idx[0];
             }
-            sims[i] = sim[0];
+            *best = sim[0];
         }
         // new centroids: normalised means
         let mut sums = vec![0f32; k * d];
         let mut counts = vec![0usize; k];
-        for i in 0..n {
-            let c = assignment[i] as usize;
+        for (i, &c) in assignment.iter().enumerate() {
+            let c = c as usize;
             counts[c] += 1;
             sums[c * d..(c + 1) * d].iter_mut().zip(data.row(i)).for_each(|(s, v)| *s += v);
         }
@@ -92,11 +92,11 @@ pub fn kmeans(
         worst.sort_by(|&a, &b| sims[a].total_cmp(&sims[b]).then(a.cmp(&b)));
         let mut spare = worst.into_iter();
         for c in 0..k {
-            if counts[c] == 0 {
-                if let Some(i) = spare.next() {
-                    sums[c * d..(c + 1) * d].copy_from_slice(data.row(i));
-                    moved += 1;
-                }
+            if counts[c] == 0
+                && let Some(i) = spare.next()
+            {
+                sums[c * d..(c + 1) * d].copy_from_slice(data.row(i));
+                moved += 1;
             }
         }
         normalise_rows(&mut sums, d);

@@ -486,11 +486,11 @@ impl TrainState {
                 .map(|h| Tensor::<2>::from_data(TensorData::new(h.data.clone(), [1, h.data.len()]), &plain))
         };
         self.centers = Centers { dino: center("center.dino"), ibot: center("center.ibot") };
-        if let (Some(scaler), Some(saved)) = (self.scaler.as_mut(), saved.tensors.get("scaler")) {
-            if let [scale, good_steps] = saved.data[..] {
-                scaler.scale = scale as f64;
-                scaler.good_steps = good_steps as u64;
-            }
+        if let (Some(scaler), Some(saved)) = (self.scaler.as_mut(), saved.tensors.get("scaler"))
+            && let [scale, good_steps] = saved.data[..]
+        {
+            scaler.scale = scale as f64;
+            scaler.good_steps = good_steps as u64;
         }
         Ok(self)
     }
