@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::dedup::{RELATIVE_THRESHOLD, SELF_K, SELF_THRESHOLD, relative_dedup, self_dedup};
+use super::dedup::{
+    RELATIVE_THRESHOLD, SELF_K, SELF_THRESHOLD, relative_dedup, self_dedup, self_dedup_folder,
+};
 use super::embed::{EmbedJob, UNREADABLE, embed_folder};
 use super::embeddings::Embeddings;
 use super::retrieve::{Selection, retrieve};
@@ -58,6 +60,10 @@ pub struct DedupArgs {
     /// Cosine similarity above which two images are copies (paper: 0.6).
     #[arg(long, default_value_t = SELF_THRESHOLD)]
     pub threshold: f32,
+    /// For a folder of shards: rows held at once as queries (whole shards; the other shards
+    /// stream past them), bounding memory for sets larger than it.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_rows: usize,
     /// Decisions: index,path,kept,representative.
     #[arg(long, short)]
     pub output: PathBuf,
@@ -196,17 +202,34 @@ fn dedup(args: DedupArgs) -> Result<()> {
     if args.k == 0 {
         return Err(Error::Usage("--k must be at least 1".into()));
     }
-    let items = read(&args.embeddings)?;
-    let progress = bar(items.len(), "rows", "neighbours");
-    let decisions = self_dedup(&items, args.k, args.threshold, |n| progress.inc(n as u64));
-    progress.finish_and_clear();
-    decisions.write_csv(&args.output, &items)?;
+    if args.max_rows == 0 {
+        return Err(Error::Usage("--max-rows must be at least 1".into()));
+    }
+    let (decisions, paths) = if args.embeddings.is_dir() {
+        // a folder of shards: streamed, query blocks of at most --max-rows rows
+        let n = super::embeddings::read_manifest(&args.embeddings)?.n_items;
+        let progress = bar(n, "rows", "neighbours");
+        let (decisions, paths) =
+            self_dedup_folder(&args.embeddings, args.k, args.threshold, args.max_rows, |n| {
+                progress.inc(n as u64)
+            })?;
+        progress.finish_and_clear();
+        (decisions, Some(paths))
+    } else {
+        let items = read(&args.embeddings)?;
+        let progress = bar(items.len(), "rows", "neighbours");
+        let decisions = self_dedup(&items, args.k, args.threshold, |n| progress.inc(n as u64));
+        progress.finish_and_clear();
+        (decisions, items.paths)
+    };
+    decisions.write_csv(&args.output, paths.as_deref())?;
+    let n = decisions.kept.len();
     eprintln!(
         "wrote {}: kept {} of {} ({} removed as copies; k = {}, cosine > {})",
         args.output.display(),
         decisions.n_kept(),
-        items.len(),
-        items.len() - decisions.n_kept(),
+        n,
+        n - decisions.n_kept(),
         args.k,
         args.threshold
     );
@@ -229,7 +252,7 @@ fn relative(args: RelativeArgs) -> Result<()> {
     let progress = bar(against.len(), "rows", "evaluation set");
     let (decisions, _) = relative_dedup(&items, &against, args.threshold, |n| progress.inc(n as u64));
     progress.finish_and_clear();
-    decisions.write_csv(&args.output, &items)?;
+    decisions.write_csv(&args.output, items.paths.as_deref())?;
     eprintln!(
         "wrote {}: kept {} of {} ({} dropped as similar to the {} evaluation images, cosine > {})",
         args.output.display(),
@@ -280,7 +303,7 @@ fn retrieve_command(args: RetrieveArgs) -> Result<()> {
     let decisions =
         retrieve(pool.matrix(), queries.matrix(), selection, args.seed, |n| progress.inc(n as u64));
     progress.finish_and_clear();
-    decisions.write_csv(&args.output, &pool)?;
+    decisions.write_csv(&args.output, pool.paths.as_deref())?;
     eprintln!(
         "wrote {}: selected {} of {} pool images for {} queries ({selection:?})",
         args.output.display(),

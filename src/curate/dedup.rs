@@ -7,10 +7,10 @@
 use std::path::Path;
 
 use super::embed::csv_field;
-use super::embeddings::Embeddings;
+use super::embeddings::{Embeddings, normalise_rows, read_manifest, read_shard, shard_paths};
 use super::knn::{Matrix, Neighbours, TopK};
 use super::union_find::UnionFind;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The paper's values.
 pub const SELF_K: usize = 64;
@@ -33,11 +33,13 @@ impl Decisions {
         self.kept.iter().filter(|k| **k).count()
     }
 
-    /// Write `index,path,kept,representative` (header, one row per item) atomically.
-    pub fn write_csv(&self, path: &Path, items: &Embeddings) -> Result<()> {
+    /// Write `index,path,kept,representative` (header, one row per item) atomically; `paths`:
+    /// the file of each item, where known.
+    pub fn write_csv(&self, path: &Path, paths: Option<&[String]>) -> Result<()> {
         let mut text = String::from("index,path,kept,representative\n");
         for (i, (&kept, &rep)) in self.kept.iter().zip(&self.representative).enumerate() {
-            text.push_str(&format!("{i},{},{},{rep}\n", csv_field(items.path(i)), u8::from(kept)));
+            let file = paths.map_or("", |p| p[i].as_str());
+            text.push_str(&format!("{i},{},{},{rep}\n", csv_field(file), u8::from(kept)));
         }
         crate::io::write_atomic(path, text.as_bytes())
     }
@@ -58,7 +60,7 @@ pub fn search(
         let rows = CHUNK_ROWS.min(database.n - offset);
         let chunk =
             Matrix::new(&database.data[offset * database.d..(offset + rows) * database.d], database.d);
-        top.update(queries, chunk, offset, exclude_self);
+        top.update(queries, chunk, offset, exclude_self.then_some(0));
         offset += rows;
         progress(rows);
     }
@@ -103,4 +105,86 @@ pub fn relative_dedup(
     let kept = best.iter().map(|&s| s <= threshold).collect();
     let representative = (0..items.len() as u32).collect();
     (Decisions { kept, representative }, best)
+}
+
+/// Self-deduplication of an embedding folder too large to hold at once: the shards are taken
+/// in query blocks of at most `max_rows` rows (whole shards; one shard when a shard alone is
+/// larger), and for each block every shard is streamed past it; each block's neighbour pairs
+/// go into one union-find over all rows. Memory: one block, one shard, the block's neighbour
+/// lists and the file names. Gives the same decisions as [`self_dedup`] on the whole set.
+/// Returns the decisions and the file of each row.
+pub fn self_dedup_folder(
+    dir: &Path,
+    k: usize,
+    threshold: f32,
+    max_rows: usize,
+    mut progress: impl FnMut(usize),
+) -> Result<(Decisions, Vec<String>)> {
+    let manifest = read_manifest(dir)?;
+    let n_shards = manifest.n_shards();
+    // the rows of each shard, from the file lists (cheap), so blocks and offsets are known
+    let mut paths = Vec::new();
+    let mut offsets = Vec::with_capacity(n_shards + 1);
+    for i in 0..n_shards {
+        let (tensor, files) = shard_paths(dir, i);
+        if !tensor.exists() {
+            return Err(Error::checkpoint(&tensor, "missing: run `curate embed` again to finish the folder"));
+        }
+        if !files.exists() {
+            return Err(Error::checkpoint(&files, "missing: the file list of this shard"));
+        }
+        offsets.push(paths.len());
+        let text = std::fs::read_to_string(&files).map_err(|e| Error::io(&files, e))?;
+        paths.extend(text.lines().map(str::to_string));
+    }
+    offsets.push(paths.len());
+    let n = paths.len();
+    if n == 0 {
+        return Err(Error::Usage(format!("{}: the embedding folder holds no embeddings", dir.display())));
+    }
+    let load = |i: usize| -> Result<Vec<f32>> {
+        let shard = read_shard(dir, i, &manifest)?;
+        let mut data = shard.data;
+        normalise_rows(&mut data, manifest.dim);
+        Ok(data)
+    };
+    let mut uf = UnionFind::new(n);
+    let mut first = 0;
+    while first < n_shards {
+        // the next block of whole shards
+        let mut last = first + 1;
+        while last < n_shards && offsets[last + 1] - offsets[first] <= max_rows {
+            last += 1;
+        }
+        let block: Vec<f32> = (first..last).map(load).collect::<Result<Vec<_>>>()?.concat();
+        let block_offset = offsets[first];
+        let queries = Matrix::new(&block, manifest.dim);
+        let mut top = TopK::new(queries.n, k);
+        for j in 0..n_shards {
+            let data;
+            let chunk = if (first..last).contains(&j) {
+                let start = (offsets[j] - block_offset) * manifest.dim;
+                let end = (offsets[j + 1] - block_offset) * manifest.dim;
+                Matrix::new(&block[start..end], manifest.dim)
+            } else {
+                data = load(j)?;
+                Matrix::new(&data, manifest.dim)
+            };
+            top.update(queries, chunk, offsets[j], Some(block_offset));
+            progress(chunk.n * queries.n / n.max(1));
+        }
+        let neighbours = top.finish();
+        for q in 0..queries.n {
+            let (indices, sims) = neighbours.of(q);
+            for (&j, &s) in indices.iter().zip(sims) {
+                if j != u32::MAX && s > threshold {
+                    uf.union(block_offset + q, j as usize);
+                }
+            }
+        }
+        first = last;
+    }
+    let representative = uf.representatives();
+    let kept = representative.iter().enumerate().map(|(i, &r)| r as usize == i).collect();
+    Ok((Decisions { kept, representative }, paths))
 }

@@ -129,15 +129,16 @@ impl TopK {
     }
 
     /// Merges database rows `offset .. offset + chunk.n` (global indices) into every query's
-    /// list. `exclude_self`: the queries are the database itself (same global indexing), so
-    /// query `i` never lists database row `i`. Chunks may come in any order; the result depends
+    /// list. `self_offset`: the queries are database rows `self_offset ..` (the database
+    /// itself, or a block of it), so query `i` never lists database row `self_offset + i`;
+    /// `None` for queries from elsewhere. Chunks may come in any order; the result depends
     /// only on the set of rows seen.
     ///
     /// # Panics
     /// If `queries.n` differs from the `n_queries` of [`TopK::new`], if the two matrices differ
     /// in `d`, if either holds fewer than `n * d` values, or if a global index would reach
     /// `u32::MAX` (the padding index).
-    pub fn update(&mut self, queries: Matrix, chunk: Matrix, offset: usize, exclude_self: bool) {
+    pub fn update(&mut self, queries: Matrix, chunk: Matrix, offset: usize, self_offset: Option<usize>) {
         assert_eq!(
             queries.n, self.n_queries,
             "query count differs from the one the top-k lists were made for"
@@ -192,7 +193,7 @@ impl TopK {
                     for (r, tile_row) in tile.chunks_exact(width).enumerate() {
                         let list = r * k..(r + 1) * k;
                         let (sims, indices) = (&mut sims[list.clone()], &mut indices[list]);
-                        let skip = if exclude_self { first_query + r } else { usize::MAX };
+                        let skip = self_offset.map_or(usize::MAX, |o| o + first_query + r);
                         let (mut worst_sim, mut worst_index) = (sims[k - 1], indices[k - 1]);
                         for (j, &sim) in tile_row.iter().enumerate() {
                             let index = (first_index + j) as u32;
@@ -243,13 +244,14 @@ impl Neighbours {
 }
 
 /// The k most similar rows of `database` for every row of `queries`, the whole database in one
-/// call (tiled inside; see [`TopK::update`] for `exclude_self` and the panics).
+/// call (tiled inside; `exclude_self`: the queries are the database, as [`TopK::update`]'s
+/// `self_offset` 0; see there for the panics).
 ///
 /// # Panics
 /// If `k` is 0, or as [`TopK::update`].
 pub fn knn(queries: Matrix, database: Matrix, k: usize, exclude_self: bool) -> Neighbours {
     let mut top = TopK::new(queries.n, k);
-    top.update(queries, database, 0, exclude_self);
+    top.update(queries, database, 0, exclude_self.then_some(0));
     top.finish()
 }
 
@@ -462,11 +464,11 @@ mod tests {
             let whole = knn(matrix, matrix, k, exclude_self);
             let mut forward = TopK::new(n, k);
             for &(offset, piece) in &pieces {
-                forward.update(matrix, piece, offset, exclude_self);
+                forward.update(matrix, piece, offset, exclude_self.then_some(0));
             }
             let mut backward = TopK::new(n, k);
             for &(offset, piece) in pieces.iter().rev() {
-                backward.update(matrix, piece, offset, exclude_self);
+                backward.update(matrix, piece, offset, exclude_self.then_some(0));
             }
             // the GEMM computes each similarity the same way whatever the tile, so exactly equal
             assert_eq!(forward.finish(), whole, "exclude_self {exclude_self}: chunks in order");

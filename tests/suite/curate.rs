@@ -492,3 +492,48 @@ fn bench_curate_100k_finds_the_planted_pairs_in_bounded_memory() {
     let peak = f("search_peak_bytes");
     assert!(peak < 512.0 * 1024.0 * 1024.0, "the search grew the process by {peak} bytes: {r}");
 }
+
+/// A folder of shards deduplicated in query blocks (the other shards streamed past each
+/// block) gives the decisions of the whole set held at once, for blocks of one shard, of
+/// several, and of everything; an empty shard (all its images unreadable) included.
+#[test]
+fn streamed_dedup_of_a_shard_folder_equals_the_in_memory_one() {
+    use dinov2_wgpu::curate::dedup::self_dedup_folder;
+    use dinov2_wgpu::curate::embeddings::{FORMAT, MANIFEST, Manifest, Shard, write_shard};
+    let dir = Scratch::new("curate-stream");
+    let emb = dir.join("emb");
+    std::fs::create_dir_all(&emb).unwrap();
+    let (d, sizes) = (24, [90usize, 0, 100, 37, 100, 55]);
+    let n: usize = sizes.iter().sum();
+    let data = grouped(n, d, 60, 0.3, 11);
+    let manifest = Manifest {
+        format: FORMAT.to_string(),
+        dim: d,
+        shard_size: 100,
+        n_items: 600,
+        source: "synthetic".into(),
+        weights: "none".into(),
+        size: "none".into(),
+    };
+    assert_eq!(manifest.n_shards(), sizes.len());
+    std::fs::write(emb.join(MANIFEST), serde_json::to_string(&manifest).unwrap()).unwrap();
+    let mut start = 0;
+    for (i, &rows) in sizes.iter().enumerate() {
+        let shard = Shard {
+            data: data[start * d..(start + rows) * d].to_vec(),
+            paths: (start..start + rows).map(|r| format!("img{r}.png")).collect(),
+            unreadable: Vec::new(),
+        };
+        write_shard(&emb, i, d, &shard).unwrap();
+        start += rows;
+    }
+    let whole = Embeddings::read(&emb).unwrap();
+    assert_eq!(whole.len(), n);
+    let want = self_dedup(&whole, 8, 0.9, |_| {});
+    assert!(want.n_kept() > 1 && want.n_kept() < n, "the case should merge some: kept {}", want.n_kept());
+    for max_rows in [1, 150, 250, n] {
+        let (got, paths) = self_dedup_folder(&emb, 8, 0.9, max_rows, |_| {}).unwrap();
+        assert_eq!(got, want, "query blocks of at most {max_rows} rows");
+        assert_eq!(paths, whole.paths.clone().unwrap());
+    }
+}
