@@ -155,6 +155,21 @@ fn read(path: &Path) -> Result<Embeddings> {
     Embeddings::read(path)
 }
 
+/// Two embedding sets that are compared with each other: of the same width.
+fn read_pair(a: &Path, b: &Path) -> Result<(Embeddings, Embeddings)> {
+    let (x, y) = (read(a)?, read(b)?);
+    if x.dim != y.dim {
+        return Err(Error::Usage(format!(
+            "{} has {}-d embeddings, {} has {}-d: embed both with the same model",
+            a.display(),
+            x.dim,
+            b.display(),
+            y.dim
+        )));
+    }
+    Ok((x, y))
+}
+
 fn embed(args: CurateEmbedArgs) -> Result<()> {
     let resize = match Resize::parse(&args.size)? {
         Resize::Shorter(n) => Resize::Square(n),
@@ -238,17 +253,7 @@ fn dedup(args: DedupArgs) -> Result<()> {
 
 fn relative(args: RelativeArgs) -> Result<()> {
     check_output(&args.output)?;
-    let items = read(&args.embeddings)?;
-    let against = read(&args.against)?;
-    if items.dim != against.dim {
-        return Err(Error::Usage(format!(
-            "{} has {}-d embeddings, {} has {}-d: embed both with the same model",
-            args.embeddings.display(),
-            items.dim,
-            args.against.display(),
-            against.dim
-        )));
-    }
+    let (items, against) = read_pair(&args.embeddings, &args.against)?;
     let progress = bar(against.len(), "rows", "evaluation set");
     let (decisions, _) = relative_dedup(&items, &against, args.threshold, |n| progress.inc(n as u64));
     progress.finish_and_clear();
@@ -267,17 +272,7 @@ fn relative(args: RelativeArgs) -> Result<()> {
 
 fn retrieve_command(args: RetrieveArgs) -> Result<()> {
     check_output(&args.output)?;
-    let pool = read(&args.pool)?;
-    let queries = read(&args.queries)?;
-    if pool.dim != queries.dim {
-        return Err(Error::Usage(format!(
-            "{} has {}-d embeddings, {} has {}-d: embed both with the same model",
-            args.pool.display(),
-            pool.dim,
-            args.queries.display(),
-            queries.dim
-        )));
-    }
+    let (pool, queries) = read_pair(&args.pool, &args.queries)?;
     let per_query = match args.mode.as_str() {
         "auto" => queries.len() >= args.large_queries,
         "per-query" => true,
