@@ -6,7 +6,8 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::dedup::{
-    RELATIVE_THRESHOLD, SELF_K, SELF_THRESHOLD, relative_dedup, self_dedup, self_dedup_folder,
+    RELATIVE_THRESHOLD, SELF_K, SELF_THRESHOLD, relative_dedup, relative_dedup_folder, self_dedup,
+    self_dedup_folder,
 };
 use super::embed::{EmbedJob, UNREADABLE, embed_folder};
 use super::embeddings::Embeddings;
@@ -159,15 +160,17 @@ fn read(path: &Path) -> Result<Embeddings> {
 fn read_pair(a: &Path, b: &Path) -> Result<(Embeddings, Embeddings)> {
     let (x, y) = (read(a)?, read(b)?);
     if x.dim != y.dim {
-        return Err(Error::Usage(format!(
-            "{} has {}-d embeddings, {} has {}-d: embed both with the same model",
-            a.display(),
-            x.dim,
-            b.display(),
-            y.dim
-        )));
+        return Err(width_mismatch(a, x.dim, b, y.dim));
     }
     Ok((x, y))
+}
+
+fn width_mismatch(a: &Path, a_dim: usize, b: &Path, b_dim: usize) -> Error {
+    Error::Usage(format!(
+        "{} has {a_dim}-d embeddings, {} has {b_dim}-d: embed both with the same model",
+        a.display(),
+        b.display()
+    ))
 }
 
 fn embed(args: CurateEmbedArgs) -> Result<()> {
@@ -253,17 +256,34 @@ fn dedup(args: DedupArgs) -> Result<()> {
 
 fn relative(args: RelativeArgs) -> Result<()> {
     check_output(&args.output)?;
-    let (items, against) = read_pair(&args.embeddings, &args.against)?;
-    let progress = bar(against.len(), "rows", "evaluation set");
-    let (decisions, _) = relative_dedup(&items, &against, args.threshold, |n| progress.inc(n as u64));
-    progress.finish_and_clear();
-    decisions.write_csv(&args.output, items.paths.as_deref())?;
+    let (decisions, paths, against) = if args.embeddings.is_dir() {
+        // a folder of shards: one shard at a time against the whole evaluation set
+        let manifest = super::embeddings::read_manifest(&args.embeddings)?;
+        let against = read(&args.against)?;
+        if manifest.dim != against.dim {
+            return Err(width_mismatch(&args.embeddings, manifest.dim, &args.against, against.dim));
+        }
+        let n = manifest.n_items;
+        let progress = bar(n, "rows", "filtering");
+        let (decisions, paths) =
+            relative_dedup_folder(&args.embeddings, &against, args.threshold, |n| progress.inc(n as u64))?;
+        progress.finish_and_clear();
+        (decisions, Some(paths), against)
+    } else {
+        let (items, against) = read_pair(&args.embeddings, &args.against)?;
+        let progress = bar(against.len(), "rows", "evaluation set");
+        let (decisions, _) = relative_dedup(&items, &against, args.threshold, |n| progress.inc(n as u64));
+        progress.finish_and_clear();
+        (decisions, items.paths, against)
+    };
+    decisions.write_csv(&args.output, paths.as_deref())?;
+    let n = decisions.kept.len();
     eprintln!(
         "wrote {}: kept {} of {} ({} dropped as similar to the {} evaluation images, cosine > {})",
         args.output.display(),
         decisions.n_kept(),
-        items.len(),
-        items.len() - decisions.n_kept(),
+        n,
+        n - decisions.n_kept(),
         against.len(),
         args.threshold
     );

@@ -188,3 +188,39 @@ pub fn self_dedup_folder(
     let kept = representative.iter().enumerate().map(|(i, &r)| r as usize == i).collect();
     Ok((Decisions { kept, representative }, paths))
 }
+
+/// [`relative_dedup`] over a folder of shards, one shard in memory at a time (the evaluation
+/// set whole). Returns the decisions and the file of each row.
+pub fn relative_dedup_folder(
+    dir: &Path,
+    against: &Embeddings,
+    threshold: f32,
+    mut progress: impl FnMut(usize),
+) -> Result<(Decisions, Vec<String>)> {
+    let manifest = read_manifest(dir)?;
+    if manifest.dim != against.dim {
+        return Err(Error::Usage(format!(
+            "{} has {}-d embeddings, the evaluation set {}-d: embed both with the same model",
+            dir.display(),
+            manifest.dim,
+            against.dim
+        )));
+    }
+    let mut kept = Vec::new();
+    let mut paths = Vec::new();
+    for i in 0..manifest.n_shards() {
+        let shard = read_shard(dir, i, &manifest)?;
+        let mut data = shard.data;
+        normalise_rows(&mut data, manifest.dim);
+        let items = Embeddings { dim: manifest.dim, data, paths: None };
+        let (decisions, _) = relative_dedup(&items, against, threshold, |_| {});
+        kept.extend(decisions.kept);
+        progress(shard.paths.len());
+        paths.extend(shard.paths);
+    }
+    if paths.is_empty() {
+        return Err(Error::Usage(format!("{}: the embedding folder holds no embeddings", dir.display())));
+    }
+    let representative = (0..kept.len() as u32).collect();
+    Ok((Decisions { kept, representative }, paths))
+}

@@ -498,7 +498,7 @@ fn bench_curate_100k_finds_the_planted_pairs_in_bounded_memory() {
 /// several, and of everything; an empty shard (all its images unreadable) included.
 #[test]
 fn streamed_dedup_of_a_shard_folder_equals_the_in_memory_one() {
-    use dinov2_wgpu::curate::dedup::self_dedup_folder;
+    use dinov2_wgpu::curate::dedup::{relative_dedup, relative_dedup_folder, self_dedup_folder};
     use dinov2_wgpu::curate::embeddings::{FORMAT, MANIFEST, Manifest, Shard, write_shard};
     let dir = Scratch::new("curate-stream");
     let emb = dir.join("emb");
@@ -536,4 +536,11 @@ fn streamed_dedup_of_a_shard_folder_equals_the_in_memory_one() {
         assert_eq!(got, want, "query blocks of at most {max_rows} rows");
         assert_eq!(paths, whole.paths.clone().unwrap());
     }
+    // relative deduplication, shard by shard, against 40 of the rows
+    let against = Embeddings { dim: d, data: data[100 * d..140 * d].to_vec(), paths: None };
+    let (want, _) = relative_dedup(&whole, &against, 0.9, |_| {});
+    assert!(want.n_kept() > 1 && want.n_kept() < n - 40, "kept {}", want.n_kept());
+    let (got, paths) = relative_dedup_folder(&emb, &against, 0.9, |_| {}).unwrap();
+    assert_eq!(got, want);
+    assert_eq!(paths, whole.paths.clone().unwrap());
 }
