@@ -97,6 +97,16 @@ fn fashion_tiles() -> Vec<GrayImage> {
     (0..400u32).map(|i| imageops::crop_imm(&sheet, (i % 20) * 28, (i / 20) * 28, 28, 28).to_image()).collect()
 }
 
+/// The first `n` fixture images as PNGs in `dir/images`.
+fn tile_folder(dir: &Scratch, n: usize) -> std::path::PathBuf {
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for (i, tile) in fashion_tiles().iter().take(n).enumerate() {
+        tile.save(images.join(format!("{i:03}.png"))).unwrap();
+    }
+    images
+}
+
 /// A near-copy of `img`, one of four kinds: JPEG at quality 70, a crop of 1 px per side
 /// resized back, downsized to 22 px and back, flipped left-right.
 fn near_copy(img: &GrayImage, kind: usize) -> GrayImage {
@@ -343,11 +353,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn bad_embedding_inputs_give_one_line_naming_the_file() {
     let dir = Scratch::new("curate-bad");
-    let images = dir.join("images");
-    std::fs::create_dir_all(&images).unwrap();
-    for (i, tile) in fashion_tiles().iter().take(6).enumerate() {
-        tile.save(images.join(format!("{i}.png"))).unwrap();
-    }
+    let images = tile_folder(&dir, 6);
     std::fs::write(images.join("broken.png"), b"not a png").unwrap();
     let emb = dir.join("emb");
     let o = dinov2(&[
@@ -415,11 +421,7 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn an_interrupted_embed_resumes_without_redoing_or_corrupting_shards() {
     let dir = Scratch::new("curate-resume");
-    let images = dir.join("images");
-    std::fs::create_dir_all(&images).unwrap();
-    for (i, tile) in fashion_tiles().iter().take(20).enumerate() {
-        tile.save(images.join(format!("{i:02}.png"))).unwrap();
-    }
+    let images = tile_folder(&dir, 20);
     let args = |out: &Path| -> Vec<String> {
         [
             "curate",
