@@ -272,6 +272,10 @@ pub struct BenchCurateArgs {
     /// Rows the plain exact search is timed on (its time is scaled to all rows).
     #[arg(long, default_value_t = 500)]
     pub baseline_queries: usize,
+    /// Where the tiled search runs: auto (the WGSL kernel on a hardware GPU, else the CPU),
+    /// wgpu or ndarray (the CPU). The plain baseline always runs on the CPU.
+    #[arg(long, default_value = "auto")]
+    pub backend: String,
     /// Also write the measurements as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -803,6 +807,7 @@ fn bench_curate(args: BenchCurateArgs) -> Result<()> {
     if let Some(path) = &args.json {
         check_output_dir(path)?;
     }
+    let on = crate::curate::knn::Search::for_backend(BackendKind::parse(&args.backend)?)?;
     let bar = ProgressBar::new(args.n as u64);
     bar.set_style(
         ProgressStyle::with_template("neighbours [{bar:30}] {pos}/{len} rows, eta {eta}")
@@ -815,6 +820,7 @@ fn bench_curate(args: BenchCurateArgs) -> Result<()> {
         args.k,
         args.threshold,
         args.baseline_queries,
+        &on,
         |n| bar.inc(n as u64),
     );
     bar.finish_and_clear();
@@ -824,8 +830,13 @@ fn bench_curate(args: BenchCurateArgs) -> Result<()> {
         r.n, r.dim, r.planted_rows, r.k, r.threshold
     );
     println!(
-        "tiled exact search {:.2} s, union-find {:.3} s; plain exact search {:.1} s (timed on {} rows, scaled): {:.1}x",
-        r.search_seconds, r.union_find_seconds, r.baseline_seconds_estimated, r.baseline_queries, r.speedup
+        "tiled exact search ({}) {:.2} s, union-find {:.3} s; plain exact search {:.1} s (timed on {} rows, scaled): {:.1}x",
+        r.search,
+        r.search_seconds,
+        r.union_find_seconds,
+        r.baseline_seconds_estimated,
+        r.baseline_queries,
+        r.speedup
     );
     println!(
         "peak memory growth during the search {} (the embeddings: {:.0} MiB); recall of planted pairs {:.4}, precision {:.4}, kept {}",

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::dedup::{components, search};
 use super::embeddings::normalise_rows;
-use super::knn::{Matrix, knn_brute_force};
+use super::knn::{Matrix, Search, knn_brute_force};
 
 /// What the benchmark measured.
 #[derive(Clone, Debug, Serialize)]
@@ -21,6 +21,8 @@ pub struct CurateBench {
     pub threshold: f32,
     /// Rows that have a planted near-copy partner.
     pub planted_rows: usize,
+    /// What ran the tiled search ([`Search::describe`]).
+    pub search: String,
     pub search_seconds: f64,
     pub union_find_seconds: f64,
     /// The plain search timed on `baseline_queries` rows, scaled to all n.
@@ -91,6 +93,7 @@ pub fn bench_curate(
     k: usize,
     threshold: f32,
     baseline_queries: usize,
+    on: &Search,
     progress: impl FnMut(usize),
 ) -> CurateBench {
     let (data, cluster) = synthetic(n, dim, 0.1, 0);
@@ -100,7 +103,7 @@ pub fn bench_curate(
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let before = crate::bench::process_peak_rss();
     let start = Instant::now();
-    let neighbours = search(m, m, k, true, progress);
+    let neighbours = search(m, m, k, true, on, progress);
     let search_seconds = start.elapsed().as_secs_f64();
     let search_peak_bytes = crate::bench::process_peak_rss().zip(before).map(|(a, b)| a.saturating_sub(b));
     let start = Instant::now();
@@ -143,6 +146,7 @@ pub fn bench_curate(
         k,
         threshold,
         planted_rows: cluster.iter().filter(|&&c| c != u32::MAX).count(),
+        search: on.describe(),
         search_seconds,
         union_find_seconds,
         baseline_queries: q,

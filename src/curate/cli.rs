@@ -11,7 +11,9 @@ use super::dedup::{
 };
 use super::embed::{EmbedJob, UNREADABLE, embed_folder};
 use super::embeddings::Embeddings;
+use super::knn::Search;
 use super::retrieve::{Selection, retrieve};
+use crate::backend::BackendKind;
 use crate::cli::ModelArgs;
 use crate::data::preprocess::Resize;
 use crate::error::{Error, Result};
@@ -51,6 +53,23 @@ pub struct CurateEmbedArgs {
     pub shard_size: usize,
 }
 
+/// Where the nearest-neighbour search runs.
+#[derive(Args, Debug)]
+pub struct SearchArgs {
+    /// Search backend: auto (the WGSL kernel on a hardware GPU, else the CPU), wgpu (the kernel
+    /// on any adapter, software ones included) or ndarray (the CPU search). Both are exact.
+    #[arg(long, default_value = "auto")]
+    pub backend: String,
+}
+
+impl SearchArgs {
+    fn open(&self) -> Result<Search> {
+        let search = Search::for_backend(BackendKind::parse(&self.backend)?)?;
+        eprintln!("searching on {}", search.describe());
+        Ok(search)
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct DedupArgs {
     /// Embeddings: a folder written by `curate embed`, or a safetensors file with `embeddings` [N, D].
@@ -68,6 +87,8 @@ pub struct DedupArgs {
     /// Decisions: index,path,kept,representative.
     #[arg(long, short)]
     pub output: PathBuf,
+    #[command(flatten)]
+    pub search: SearchArgs,
 }
 
 #[derive(Args, Debug)]
@@ -83,6 +104,8 @@ pub struct RelativeArgs {
     /// Decisions: index,path,kept,representative.
     #[arg(long, short)]
     pub output: PathBuf,
+    #[command(flatten)]
+    pub search: SearchArgs,
 }
 
 #[derive(Args, Debug)]
@@ -118,6 +141,8 @@ pub struct RetrieveArgs {
     /// Decisions on the pool: index,path,kept (= selected),representative.
     #[arg(long, short)]
     pub output: PathBuf,
+    #[command(flatten)]
+    pub search: SearchArgs,
 }
 
 /// Run a `curate` command.
@@ -223,12 +248,13 @@ fn dedup(args: DedupArgs) -> Result<()> {
     if args.max_rows == 0 {
         return Err(Error::Usage("--max-rows must be at least 1".into()));
     }
+    let on = args.search.open()?;
     let (decisions, paths) = if args.embeddings.is_dir() {
         // a folder of shards: streamed, query blocks of at most --max-rows rows
         let n = super::embeddings::read_manifest(&args.embeddings)?.n_items;
         let progress = bar(n, "rows", "neighbours");
         let (decisions, paths) =
-            self_dedup_folder(&args.embeddings, args.k, args.threshold, args.max_rows, |n| {
+            self_dedup_folder(&args.embeddings, args.k, args.threshold, args.max_rows, &on, |n| {
                 progress.inc(n as u64)
             })?;
         progress.finish_and_clear();
@@ -236,7 +262,7 @@ fn dedup(args: DedupArgs) -> Result<()> {
     } else {
         let items = read(&args.embeddings)?;
         let progress = bar(items.len(), "rows", "neighbours");
-        let decisions = self_dedup(&items, args.k, args.threshold, |n| progress.inc(n as u64));
+        let decisions = self_dedup(&items, args.k, args.threshold, &on, |n| progress.inc(n as u64));
         progress.finish_and_clear();
         (decisions, items.paths)
     };
@@ -256,6 +282,7 @@ fn dedup(args: DedupArgs) -> Result<()> {
 
 fn relative(args: RelativeArgs) -> Result<()> {
     check_output(&args.output)?;
+    let on = args.search.open()?;
     let (decisions, paths, against) = if args.embeddings.is_dir() {
         // a folder of shards: one shard at a time against the whole evaluation set
         let manifest = super::embeddings::read_manifest(&args.embeddings)?;
@@ -266,13 +293,16 @@ fn relative(args: RelativeArgs) -> Result<()> {
         let n = manifest.n_items;
         let progress = bar(n, "rows", "filtering");
         let (decisions, paths) =
-            relative_dedup_folder(&args.embeddings, &against, args.threshold, |n| progress.inc(n as u64))?;
+            relative_dedup_folder(&args.embeddings, &against, args.threshold, &on, |n| {
+                progress.inc(n as u64)
+            })?;
         progress.finish_and_clear();
         (decisions, Some(paths), against)
     } else {
         let (items, against) = read_pair(&args.embeddings, &args.against)?;
         let progress = bar(against.len(), "rows", "evaluation set");
-        let (decisions, _) = relative_dedup(&items, &against, args.threshold, |n| progress.inc(n as u64));
+        let (decisions, _) =
+            relative_dedup(&items, &against, args.threshold, &on, |n| progress.inc(n as u64));
         progress.finish_and_clear();
         (decisions, items.paths, against)
     };
@@ -310,13 +340,14 @@ fn retrieve_command(args: RetrieveArgs) -> Result<()> {
             iterations: args.iterations,
         }
     };
+    let on = args.search.open()?;
     let progress = if per_query {
         bar(pool.len(), "rows", "nearest")
     } else {
         bar(args.iterations, "iterations", "k-means")
     };
     let decisions =
-        retrieve(pool.matrix(), queries.matrix(), selection, args.seed, |n| progress.inc(n as u64));
+        retrieve(pool.matrix(), queries.matrix(), selection, args.seed, &on, |n| progress.inc(n as u64));
     progress.finish_and_clear();
     decisions.write_csv(&args.output, pool.paths.as_deref())?;
     eprintln!(

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use super::embed::csv_field;
 use super::embeddings::{Embeddings, normalise_rows, read_manifest, read_shard, shard_paths};
-use super::knn::{Matrix, Neighbours, TopK};
+use super::knn::{Matrix, Neighbours, Search};
 use super::union_find::UnionFind;
 use crate::error::{Error, Result};
 
@@ -45,26 +45,27 @@ impl Decisions {
     }
 }
 
-/// The k nearest rows of `database` for every row of `queries`, the database fed in chunks
-/// (`progress` gets the rows done after each).
+/// The k nearest rows of `database` for every row of `queries` on `on`, the database fed in
+/// chunks (`progress` gets the rows done after each).
 pub fn search(
     queries: Matrix,
     database: Matrix,
     k: usize,
     exclude_self: bool,
+    on: &Search,
     mut progress: impl FnMut(usize),
 ) -> Neighbours {
-    let mut top = TopK::new(queries.n, k);
+    let mut lists = on.lists(queries, k);
     let mut offset = 0;
     while offset < database.n {
         let rows = CHUNK_ROWS.min(database.n - offset);
         let chunk =
             Matrix::new(&database.data[offset * database.d..(offset + rows) * database.d], database.d);
-        top.update(queries, chunk, offset, exclude_self.then_some(0));
+        lists.update(chunk, offset, exclude_self.then_some(0));
         offset += rows;
         progress(rows);
     }
-    top.finish()
+    lists.finish()
 }
 
 /// Components of the graph whose edges are the neighbour pairs with similarity above
@@ -84,9 +85,15 @@ pub fn components(neighbours: &Neighbours, threshold: f32) -> Vec<u32> {
 }
 
 /// Self-deduplication of `items`: keep one item per component of near-copies.
-pub fn self_dedup(items: &Embeddings, k: usize, threshold: f32, progress: impl FnMut(usize)) -> Decisions {
+pub fn self_dedup(
+    items: &Embeddings,
+    k: usize,
+    threshold: f32,
+    on: &Search,
+    progress: impl FnMut(usize),
+) -> Decisions {
     let m = items.matrix();
-    let neighbours = search(m, m, k, true, progress);
+    let neighbours = search(m, m, k, true, on, progress);
     let representative = components(&neighbours, threshold);
     let kept = representative.iter().enumerate().map(|(i, &r)| r as usize == i).collect();
     Decisions { kept, representative }
@@ -98,9 +105,10 @@ pub fn relative_dedup(
     items: &Embeddings,
     against: &Embeddings,
     threshold: f32,
+    on: &Search,
     progress: impl FnMut(usize),
 ) -> (Decisions, Vec<f32>) {
-    let neighbours = search(items.matrix(), against.matrix(), 1, false, progress);
+    let neighbours = search(items.matrix(), against.matrix(), 1, false, on, progress);
     let best: Vec<f32> = (0..items.len()).map(|i| neighbours.of(i).1[0]).collect();
     let kept = best.iter().map(|&s| s <= threshold).collect();
     let representative = (0..items.len() as u32).collect();
@@ -118,6 +126,7 @@ pub fn self_dedup_folder(
     k: usize,
     threshold: f32,
     max_rows: usize,
+    on: &Search,
     mut progress: impl FnMut(usize),
 ) -> Result<(Decisions, Vec<String>)> {
     let manifest = read_manifest(dir)?;
@@ -159,7 +168,7 @@ pub fn self_dedup_folder(
         let block: Vec<f32> = (first..last).map(load).collect::<Result<Vec<_>>>()?.concat();
         let block_offset = offsets[first];
         let queries = Matrix::new(&block, manifest.dim);
-        let mut top = TopK::new(queries.n, k);
+        let mut lists = on.lists(queries, k);
         for j in 0..n_shards {
             let data;
             let chunk = if (first..last).contains(&j) {
@@ -170,10 +179,10 @@ pub fn self_dedup_folder(
                 data = load(j)?;
                 Matrix::new(&data, manifest.dim)
             };
-            top.update(queries, chunk, offsets[j], Some(block_offset));
+            lists.update(chunk, offsets[j], Some(block_offset));
             progress(chunk.n * queries.n / n.max(1));
         }
-        let neighbours = top.finish();
+        let neighbours = lists.finish();
         for q in 0..queries.n {
             let (indices, sims) = neighbours.of(q);
             for (&j, &s) in indices.iter().zip(sims) {
@@ -195,6 +204,7 @@ pub fn relative_dedup_folder(
     dir: &Path,
     against: &Embeddings,
     threshold: f32,
+    on: &Search,
     mut progress: impl FnMut(usize),
 ) -> Result<(Decisions, Vec<String>)> {
     let manifest = read_manifest(dir)?;
@@ -213,7 +223,7 @@ pub fn relative_dedup_folder(
         let mut data = shard.data;
         normalise_rows(&mut data, manifest.dim);
         let items = Embeddings { dim: manifest.dim, data, paths: None };
-        let (decisions, _) = relative_dedup(&items, against, threshold, |_| {});
+        let (decisions, _) = relative_dedup(&items, against, threshold, on, |_| {});
         kept.extend(decisions.kept);
         progress(shard.paths.len());
         paths.extend(shard.paths);

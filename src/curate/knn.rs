@@ -128,6 +128,27 @@ impl TopK {
         }
     }
 
+    /// Lists as [`TopK::into_lists`] returned them: `[n_queries, k]` similarities and indices,
+    /// each row sorted best first, padding `(-inf, u32::MAX)`.
+    ///
+    /// # Panics
+    /// If `k` is 0 or the two vectors are not `n_queries * k` long.
+    pub fn from_lists(k: usize, sims: Vec<f32>, indices: Vec<u32>) -> Self {
+        assert!(k > 0, "k-nearest-neighbour search needs k >= 1");
+        assert!(sims.len() == indices.len() && sims.len() % k == 0, "top-k lists of unequal or partial rows");
+        Self { k, n_queries: sims.len() / k, sims, indices }
+    }
+
+    /// The lists: `(similarities, indices)`, `[n_queries, k]` each.
+    pub fn into_lists(self) -> (Vec<f32>, Vec<u32>) {
+        (self.sims, self.indices)
+    }
+
+    /// Entries per query.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
     /// Merges database rows `offset .. offset + chunk.n` (global indices) into every query's
     /// list. `self_offset`: the queries are database rows `self_offset ..` (the database
     /// itself, or a block of it), so query `i` never lists database row `self_offset + i`;
@@ -211,6 +232,143 @@ impl TopK {
     /// The lists as they stand.
     pub fn finish(self) -> Neighbours {
         Neighbours { k: self.k, indices: self.indices, sims: self.sims }
+    }
+}
+
+/// Where the exact search runs: the same lists either way (up to the order in which each
+/// similarity's terms are summed, which can swap two candidates whose similarities differ in
+/// the last bits).
+#[derive(Clone, Debug)]
+pub enum Search {
+    /// SGEMM tiles on all cores ([`TopK::update`]).
+    Cpu,
+    /// The WGSL tile kernel ([`crate::kernels::knn_update`]) on a burn device: the query
+    /// block and its lists stay on the device while the database streams past.
+    Device(burn::tensor::Device),
+}
+
+impl Search {
+    /// `ndarray` is the CPU search, `wgpu` the kernel, `auto` the kernel on a hardware adapter
+    /// and the CPU search elsewhere ([`crate::backend::resolve`]).
+    pub fn for_backend(kind: crate::backend::BackendKind) -> crate::error::Result<Self> {
+        use crate::backend::{BackendKind, device, resolve};
+        Ok(match resolve(kind) {
+            BackendKind::Wgpu => Search::Device(device(BackendKind::Wgpu)?),
+            _ => Search::Cpu,
+        })
+    }
+
+    /// What runs the search, for progress lines.
+    pub fn describe(&self) -> String {
+        match self {
+            Search::Cpu => format!("CPU, {} threads", rayon::current_num_threads()),
+            Search::Device(device) => crate::backend::device_name(device)
+                .map_or_else(|| "wgpu".to_string(), |name| format!("wgpu, {name}")),
+        }
+    }
+
+    /// Empty top-k lists for `queries`, to be fed database chunks.
+    pub fn lists<'a>(&self, queries: Matrix<'a>, k: usize) -> Lists<'a> {
+        let inner = match self {
+            Search::Cpu => ListsInner::Cpu(TopK::new(queries.n, k)),
+            Search::Device(device) => {
+                use burn::tensor::{Int, Tensor, TensorData};
+                assert!(k > 0, "k-nearest-neighbour search needs k >= 1");
+                queries.check("query");
+                let n = queries.n;
+                let data = queries.data[..n * queries.d].to_vec();
+                ListsInner::Device {
+                    queries: Tensor::from_data(TensorData::new(data, [n, queries.d]), device),
+                    sims: Tensor::full([n, k], crate::kernels::KNN_PADDING_SIM, device),
+                    indices: Tensor::<2, Int>::full([n, k], -1, device),
+                    k,
+                }
+            }
+        };
+        Lists { queries, inner }
+    }
+}
+
+/// The running top-k lists of a block of queries on a [`Search`]'s device.
+pub struct Lists<'a> {
+    queries: Matrix<'a>,
+    inner: ListsInner,
+}
+
+enum ListsInner {
+    Cpu(TopK),
+    Device {
+        queries: burn::tensor::Tensor<2>,
+        sims: burn::tensor::Tensor<2>,
+        indices: burn::tensor::Tensor<2, burn::tensor::Int>,
+        k: usize,
+    },
+}
+
+impl Lists<'_> {
+    /// Merges database rows `offset .. offset + chunk.n`; as [`TopK::update`] (its panics too).
+    pub fn update(&mut self, chunk: Matrix, offset: usize, self_offset: Option<usize>) {
+        match &mut self.inner {
+            ListsInner::Cpu(top) => top.update(self.queries, chunk, offset, self_offset),
+            ListsInner::Device { queries, sims, indices, .. } => {
+                use burn::tensor::{Tensor, TensorData};
+                assert_eq!(self.queries.d, chunk.d, "queries and database rows differ in dimension");
+                chunk.check("database");
+                assert!(
+                    offset.checked_add(chunk.n).is_some_and(|end| end <= PADDING_INDEX as usize),
+                    "database rows {offset} + {} do not fit u32 indices",
+                    chunk.n
+                );
+                let self_offset = self_offset.map(|o| {
+                    u32::try_from(o)
+                        .ok()
+                        .filter(|&o| o < PADDING_INDEX)
+                        .expect("self offset fits u32 indices")
+                });
+                if self.queries.n == 0 || chunk.n == 0 {
+                    return;
+                }
+                let device = queries.device();
+                let rows = chunk.data[..chunk.n * chunk.d].to_vec();
+                let rows = Tensor::from_data(TensorData::new(rows, [chunk.n, chunk.d]), &device);
+                let (s, i) = crate::kernels::knn_update(
+                    queries.clone(),
+                    rows,
+                    sims.clone(),
+                    indices.clone(),
+                    offset as u32,
+                    self_offset,
+                );
+                (*sims, *indices) = (s, i);
+            }
+        }
+    }
+
+    /// The lists as they stand (read back from the device).
+    pub fn finish(self) -> Neighbours {
+        match self.inner {
+            ListsInner::Cpu(top) => top.finish(),
+            ListsInner::Device { sims, indices, k, .. } => {
+                let indices: Vec<u32> = indices
+                    .into_data()
+                    .convert::<i64>()
+                    .try_into_vec::<i64>()
+                    .expect("int lists")
+                    .into_iter()
+                    .map(|i| i as u32)
+                    .collect();
+                let sims = sims
+                    .into_data()
+                    .convert::<f32>()
+                    .try_into_vec::<f32>()
+                    .expect("f32 lists")
+                    .into_iter()
+                    .zip(&indices)
+                    .map(|(s, &i)| if i == PADDING_INDEX { f32::NEG_INFINITY } else { s })
+                    .collect();
+                Neighbours { k, indices, sims }
+            }
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use super::dedup::{Decisions, search};
 use super::embeddings::normalise_rows;
-use super::knn::Matrix;
+use super::knn::{Matrix, Search};
 
 /// Spherical k-means on L2-normalised rows: the result of [`kmeans`].
 #[derive(Clone, Debug, PartialEq)]
@@ -33,6 +33,7 @@ pub fn kmeans(
     k: usize,
     iterations: usize,
     seed: u64,
+    on: &Search,
     mut progress: impl FnMut(usize),
 ) -> Clusters {
     let (n, d) = (data.n, data.d);
@@ -68,7 +69,7 @@ pub fn kmeans(
     }
     let mut assignment = vec![u32::MAX; n];
     for _ in 0..iterations.max(1) {
-        let neighbours = search(data, Matrix::new(&centroids, d), 1, false, |_| {});
+        let neighbours = search(data, Matrix::new(&centroids, d), 1, false, on, |_| {});
         let mut moved = 0usize;
         let mut sims = vec![0f32; n];
         for (i, (slot, best)) in assignment.iter_mut().zip(sims.iter_mut()).enumerate() {
@@ -128,13 +129,14 @@ pub fn retrieve(
     queries: Matrix,
     selection: Selection,
     seed: u64,
+    on: &Search,
     progress: impl FnMut(usize),
 ) -> Decisions {
     let n = pool.n;
     let mut kept = vec![false; n];
     match selection {
         Selection::PerQuery(per_query) => {
-            let neighbours = search(queries, pool, per_query, false, progress);
+            let neighbours = search(queries, pool, per_query, false, on, progress);
             for q in 0..queries.n {
                 for &j in neighbours.of(q).0 {
                     if j != u32::MAX {
@@ -144,8 +146,8 @@ pub fn retrieve(
             }
         }
         Selection::PerCluster { clusters, per_cluster, iterations } => {
-            let model = kmeans(pool, clusters, iterations, seed, progress);
-            let of_query = search(queries, Matrix::new(&model.centroids, model.dim), 1, false, |_| {});
+            let model = kmeans(pool, clusters, iterations, seed, on, progress);
+            let of_query = search(queries, Matrix::new(&model.centroids, model.dim), 1, false, on, |_| {});
             let mut wanted: Vec<u32> = (0..queries.n).map(|q| of_query.of(q).0[0]).collect();
             wanted.sort_unstable();
             wanted.dedup();

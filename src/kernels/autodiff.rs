@@ -119,4 +119,24 @@ impl<B: KernelOps, C: CheckpointStrategy> KernelOps for Autodiff<B, C> {
     fn koleo_nearest(x: FloatTensor<Self>) -> IntTensor<Self> {
         B::koleo_nearest(x.into_primitive())
     }
+
+    fn knn_update(
+        queries: FloatTensor<Self>,
+        chunk: FloatTensor<Self>,
+        sims: FloatTensor<Self>,
+        indices: IntTensor<Self>,
+        offset: u32,
+        self_offset: u32,
+    ) -> (FloatTensor<Self>, IntTensor<Self>) {
+        let nodes = [queries.node(), chunk.node(), sims.node()];
+        let (sims, indices) = B::knn_update(
+            queries.into_primitive(),
+            chunk.into_primitive(),
+            sims.into_primitive(),
+            indices,
+            offset,
+            self_offset,
+        );
+        (NoGradient.prepare::<C>(nodes).compute_bound().stateless(sims), indices)
+    }
 }

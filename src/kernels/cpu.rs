@@ -60,6 +60,25 @@ impl KernelOps for NdArray {
         unwrap(super::sinkhorn_knopp_reference(wrap(logits), temperature, iterations))
     }
 
+    fn knn_update(
+        queries: FloatTensor<Self>,
+        chunk: FloatTensor<Self>,
+        sims: FloatTensor<Self>,
+        indices: IntTensor<Self>,
+        offset: u32,
+        self_offset: u32,
+    ) -> (FloatTensor<Self>, IntTensor<Self>) {
+        let (sims, indices) = super::knn_update_reference(
+            wrap(queries),
+            wrap(chunk),
+            wrap(sims),
+            Tensor::from_primitive::<NdArray>(indices),
+            offset,
+            self_offset,
+        );
+        (unwrap(sims), indices.try_into_primitive::<NdArray>().expect("an ndarray tensor stays on ndarray"))
+    }
+
     fn koleo_nearest(x: FloatTensor<Self>) -> IntTensor<Self> {
         super::koleo_nearest_reference(wrap(x))
             .try_into_primitive::<NdArray>()

@@ -3,7 +3,8 @@
 //! - fused attention (FlashAttention-2 style), forward and backward
 //!   (`shaders/attention_forward.wgsl`, `attention_backward*.wgsl`);
 //! - Sinkhorn-Knopp centering of teacher logits (`shaders/sinkhorn.wgsl`);
-//! - the KoLeo nearest neighbour (`shaders/koleo.wgsl`).
+//! - the KoLeo nearest neighbour (`shaders/koleo.wgsl`);
+//! - and, for data curation, the exact k-nearest-neighbour search (`shaders/knn.wgsl`).
 //!
 //! [`KernelOps`] is implemented by burn's wgpu backend with the WGSL kernels ([`wgsl`]), by the
 //! ndarray backend with the `*_reference` functions below (plain burn tensor ops: the test
@@ -80,6 +81,22 @@ pub trait KernelOps: Backend {
     /// excluded: `[n]` int.
     #[fusion(meta = koleo_meta)]
     fn koleo_nearest(x: FloatTensor<Self>) -> IntTensor<Self>;
+
+    /// Merges the rows of a database chunk `[m, d]` into the running top-k lists of `queries`
+    /// `[n, d]` by inner product, and returns the updated lists: `sims` `[n, k]` f32 and
+    /// `indices` `[n, k]` int (u32 bit patterns), each row sorted best first (larger
+    /// similarity, then smaller index), unfilled entries `(-f32::MAX, u32::MAX)`. Chunk row j
+    /// is database row `offset + j`; query q never lists database row `self_offset + q`
+    /// (`u32::MAX`: no row is skipped). Not differentiated.
+    #[fusion(meta = knn_meta)]
+    fn knn_update(
+        queries: FloatTensor<Self>,
+        chunk: FloatTensor<Self>,
+        sims: FloatTensor<Self>,
+        indices: IntTensor<Self>,
+        offset: u32,
+        self_offset: u32,
+    ) -> (FloatTensor<Self>, IntTensor<Self>);
 }
 
 fn attention_forward_meta(
@@ -103,6 +120,17 @@ fn attention_backward_meta(
     _scale: &f32,
 ) -> (TensorSpec, TensorSpec, TensorSpec) {
     (q.clone(), k.clone(), v.clone())
+}
+
+fn knn_meta(
+    _queries: &TensorSpec,
+    _chunk: &TensorSpec,
+    sims: &TensorSpec,
+    indices: &TensorSpec,
+    _offset: &u32,
+    _self_offset: &u32,
+) -> (TensorSpec, TensorSpec) {
+    (sims.clone(), indices.clone())
 }
 
 fn koleo_meta(x: &TensorSpec) -> TensorSpec {
@@ -285,4 +313,82 @@ pub fn koleo_loss(x: Tensor<2>) -> Tensor<1> {
     let neighbours = x.clone().select(0, nearest);
     let distance = (x - neighbours).add_scalar(EPS).square().sum_dim(1).sqrt();
     distance.add_scalar(EPS).log().mean().neg()
+}
+
+/// The padding similarity of [`knn_update`]'s lists (the kernels avoid infinities).
+pub const KNN_PADDING_SIM: f32 = -f32::MAX;
+
+/// Merges database rows `chunk` `[m, d]` (global indices `offset ..`) into the running top-k
+/// lists `(sims [n, k], indices [n, k])` of `queries` `[n, d]` by inner product and returns
+/// the new lists (see [`KernelOps::knn_update`]; `self_offset`: the queries are database rows
+/// `self_offset ..`, so query q skips row `self_offset + q`). The WGSL kernel on wgpu,
+/// [`knn_update_reference`] elsewhere. The curation search ([`crate::curate::knn::Search`])
+/// calls it one shard at a time.
+pub fn knn_update(
+    queries: Tensor<2>,
+    chunk: Tensor<2>,
+    sims: Tensor<2>,
+    indices: Tensor<2, Int>,
+    offset: u32,
+    self_offset: Option<u32>,
+) -> (Tensor<2>, Tensor<2, Int>) {
+    let (sims, indices) = <Dispatch as KernelOps>::knn_update(
+        queries.cast(DType::F32).into_dispatch(),
+        chunk.cast(DType::F32).into_dispatch(),
+        sims.cast(DType::F32).into_dispatch(),
+        indices.into_dispatch(),
+        offset,
+        self_offset.unwrap_or(u32::MAX),
+    );
+    (Tensor::from_dispatch(sims), Tensor::from_dispatch(indices))
+}
+
+/// [`knn_update`] by the exact CPU search of [`crate::curate::knn::TopK`] (SGEMM tiles, the
+/// same ranking), on the host: the reference of the kernel and its ndarray implementation.
+pub fn knn_update_reference(
+    queries: Tensor<2>,
+    chunk: Tensor<2>,
+    sims: Tensor<2>,
+    indices: Tensor<2, Int>,
+    offset: u32,
+    self_offset: u32,
+) -> (Tensor<2>, Tensor<2, Int>) {
+    use crate::curate::knn::{Matrix, TopK};
+    let device = sims.device();
+    let [n, k] = sims.dims();
+    let d = queries.dims()[1];
+    let host = |t: Tensor<2>| t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data");
+    let (q, c) = (host(queries), host(chunk));
+    let list_indices: Vec<u32> = indices
+        .into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .expect("int data")
+        .iter()
+        .map(|&i| i as u32)
+        .collect();
+    // TopK pads with -inf
+    let list_sims = host(sims)
+        .into_iter()
+        .zip(&list_indices)
+        .map(|(s, &i)| if i == u32::MAX { f32::NEG_INFINITY } else { s })
+        .collect();
+    let mut top = TopK::from_lists(k, list_sims, list_indices);
+    top.update(
+        Matrix::new(&q, d),
+        Matrix::new(&c, d),
+        offset as usize,
+        (self_offset != u32::MAX).then_some(self_offset as usize),
+    );
+    let (mut sims, indices) = top.into_lists();
+    for (s, &i) in sims.iter_mut().zip(&indices) {
+        if i == u32::MAX {
+            *s = KNN_PADDING_SIM;
+        }
+    }
+    let indices: Vec<i64> = indices.iter().map(|&i| i as i32 as i64).collect();
+    (
+        Tensor::from_data(burn::tensor::TensorData::new(sims, [n, k]), &device),
+        Tensor::from_data(burn::tensor::TensorData::new(indices, [n, k]), &device),
+    )
 }

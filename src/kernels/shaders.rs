@@ -10,6 +10,7 @@ pub const ATTENTION_BACKWARD_DQ: &str = include_str!("../../shaders/attention_ba
 pub const ATTENTION_BACKWARD: &str = include_str!("../../shaders/attention_backward.wgsl");
 pub const SINKHORN: &str = include_str!("../../shaders/sinkhorn.wgsl");
 pub const KOLEO: &str = include_str!("../../shaders/koleo.wgsl");
+pub const KNN: &str = include_str!("../../shaders/knn.wgsl");
 
 /// Query (or key) rows per attention workgroup, one invocation each.
 pub const ATTENTION_ROWS: u32 = 64;
@@ -22,6 +23,10 @@ pub const REDUCE_WG: u32 = 256;
 pub const KOLEO_MICRO: usize = 8;
 /// Barrier rounds (column tiles of 64 × chunks of 16 of d) one KoLeo workgroup runs at most.
 pub const KOLEO_TILE_BUDGET: usize = 64;
+/// Query rows and database rows of one k-NN tile: the similarity scratch of a tile is at most
+/// 4096 · 4096 f32 = 64 MiB, under the 128 MiB storage binding of software adapters and browsers.
+pub const KNN_QUERY_BLOCK: usize = 4096;
+pub const KNN_DATABASE_BLOCK: usize = 4096;
 /// Sinkhorn-Knopp passes: column scalings, row scalings, output.
 pub const SINKHORN_PASSES: [u32; 3] = [0, 1, 2];
 
@@ -34,6 +39,7 @@ pub enum Shader {
     AttentionBackwardDkDv { f16: bool },
     Sinkhorn { pass: u32 },
     Koleo { pass: u32 },
+    Knn { pass: u32 },
 }
 
 impl Shader {
@@ -48,6 +54,7 @@ impl Shader {
         }
         all.extend(SINKHORN_PASSES.iter().map(|&pass| Shader::Sinkhorn { pass }));
         all.extend([0, 1].map(|pass| Shader::Koleo { pass }));
+        all.extend([0, 1].map(|pass| Shader::Knn { pass }));
         all
     }
 
@@ -91,6 +98,10 @@ impl Shader {
                 .register("pass", pass.to_string())
                 .register("wg", REDUCE_WG.to_string()),
             Shader::Koleo { pass } => SourceTemplate::new(KOLEO)
+                .register("pass", pass.to_string())
+                .register("micro", KOLEO_MICRO.to_string())
+                .register("tile", (8 * KOLEO_MICRO).to_string()),
+            Shader::Knn { pass } => SourceTemplate::new(KNN)
                 .register("pass", pass.to_string())
                 .register("micro", KOLEO_MICRO.to_string())
                 .register("tile", (8 * KOLEO_MICRO).to_string()),

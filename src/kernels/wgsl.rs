@@ -11,7 +11,9 @@ use burn::cubecl::server::{Handle, KernelArguments};
 use burn::tensor::{DType, Shape};
 
 use super::KernelOps;
-use super::shaders::{ATTENTION_ROWS, KOLEO_MICRO, KOLEO_TILE_BUDGET, REDUCE_WG, Shader};
+use super::shaders::{
+    ATTENTION_ROWS, KNN_DATABASE_BLOCK, KNN_QUERY_BLOCK, KOLEO_MICRO, KOLEO_TILE_BUDGET, REDUCE_WG, Shader,
+};
 
 /// One launchable variant.
 #[derive(Debug)]
@@ -236,5 +238,69 @@ impl KernelOps for CubeBackend {
             launch(&x, Shader::Koleo { pass: 1 }, CubeDim::new_2d(8, 8), n.div_ceil(64), buffers);
         }
         nearest
+    }
+
+    fn knn_update(
+        queries: FloatTensor<Self>,
+        chunk: FloatTensor<Self>,
+        sims: FloatTensor<Self>,
+        indices: IntTensor<Self>,
+        offset: u32,
+        self_offset: u32,
+    ) -> (FloatTensor<Self>, IntTensor<Self>) {
+        let (queries, chunk) = (into_contiguous(queries), into_contiguous(chunk));
+        let (sims, indices) = (into_contiguous(sims), into_contiguous(indices));
+        for (t, what) in [(&queries, "queries"), (&chunk, "database rows"), (&sims, "similarities")] {
+            assert_eq!(t.dtype, DType::F32, "knn_update takes f32 {what}");
+        }
+        assert_eq!(indices.dtype.size(), 4, "knn_update takes 32-bit indices, got {:?}", indices.dtype);
+        let (q, c, l) =
+            (queries.meta.shape().as_slice(), chunk.meta.shape().as_slice(), sims.meta.shape().as_slice());
+        assert!(
+            q.len() == 2 && c.len() == 2 && q[1] == c[1],
+            "knn_update takes [n, d] queries and [m, d] rows"
+        );
+        assert!(l.len() == 2 && l[0] == q[0] && indices.meta.shape().as_slice() == l, "lists must be [n, k]");
+        let (n, d, m, k) = (q[0], q[1], c[0], l[1]);
+        assert!(
+            (offset as u64 + m as u64) < u32::MAX as u64,
+            "database rows {offset} + {m} do not fit u32 indices"
+        );
+        if n == 0 || m == 0 || k == 0 {
+            return (sims, indices);
+        }
+        let sims_out = empty(&sims, sims.meta.shape().clone(), DType::F32);
+        let idx_out = empty(&sims, sims.meta.shape().clone(), indices.dtype);
+        let tile = KOLEO_MICRO * 8;
+        let scratch = queries.client.empty(KNN_QUERY_BLOCK.min(n) * KNN_DATABASE_BLOCK.min(m) * 4);
+        for q0 in (0..n).step_by(KNN_QUERY_BLOCK) {
+            let qn = KNN_QUERY_BLOCK.min(n - q0);
+            for c0 in (0..m).step_by(KNN_DATABASE_BLOCK) {
+                let cn = KNN_DATABASE_BLOCK.min(m - c0);
+                let values = [n, m, d, k, q0, c0, qn, cn].map(|v| v as u32);
+                let params =
+                    info(&queries, &[&values[..], &[offset, self_offset, u32::from(c0 == 0)]].concat());
+                let buffers = vec![
+                    queries.handle.clone(),
+                    chunk.handle.clone(),
+                    scratch.clone(),
+                    sims.handle.clone(),
+                    indices.handle.clone(),
+                    sims_out.handle.clone(),
+                    idx_out.handle.clone(),
+                    params,
+                ];
+                let gemm_groups = qn.div_ceil(tile) * cn.div_ceil(tile);
+                launch(
+                    &queries,
+                    Shader::Knn { pass: 0 },
+                    CubeDim::new_2d(8, 8),
+                    gemm_groups,
+                    buffers.clone(),
+                );
+                launch(&queries, Shader::Knn { pass: 1 }, CubeDim::new_2d(8, 8), qn.div_ceil(64), buffers);
+            }
+        }
+        (sims_out, idx_out)
     }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use dinov2_wgpu::curate::dedup::{components, self_dedup};
 use dinov2_wgpu::curate::embeddings::{Embeddings, read_manifest, read_shard, write_single};
-use dinov2_wgpu::curate::knn::{Matrix, knn_brute_force};
+use dinov2_wgpu::curate::knn::{Matrix, Neighbours, Search, knn_brute_force};
 use dinov2_wgpu::curate::retrieve::{Selection, kmeans, retrieve};
 use image::{GrayImage, imageops};
 use rand::{Rng, SeedableRng};
@@ -65,7 +65,7 @@ fn self_dedup_equals_a_reference_search_and_components() {
     {
         let data = grouped(n, d, groups, spread, n as u64);
         let items = Embeddings { dim: d, data: data.clone(), paths: None };
-        let got = self_dedup(&items, k, threshold, |_| {});
+        let got = self_dedup(&items, k, threshold, &Search::Cpu, |_| {});
         // reference: every similarity one dot product at a time, full sort, then BFS
         let reference = knn_brute_force(Matrix::new(&data, d), Matrix::new(&data, d), k, true);
         let mut edges = Vec::new();
@@ -85,6 +85,157 @@ fn self_dedup_equals_a_reference_search_and_components() {
         assert_eq!(kept, n_components);
         assert!(kept > 1 && kept < n, "the case should merge some and keep some: kept {kept} of {n}");
     }
+}
+
+/// `n` rows of `d` values from {-1, -0.5, 0, 0.5, 1}: every inner product is a sum of
+/// multiples of 1/4, exact in f32 whatever the order of its terms, so a CPU and a GPU search
+/// must agree bit for bit, ties included (and such coarse values tie often). The first
+/// `copies` rows are repeated after the others.
+fn grid_rows(n: usize, d: usize, copies: usize, seed: u64) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut out: Vec<f32> =
+        (0..(n - copies) * d).map(|_| (rng.random_range(0..5) as f32 - 2.0) / 2.0).collect();
+    out.extend_from_within(..copies * d);
+    out
+}
+
+/// `n` unit rows of ±1/8 (d = 64): similarities are exact multiples of 1/64. The last
+/// `copies` rows are near-copies of the first ones (4 signs flipped: similarity 0.875).
+fn sign_rows(n: usize, copies: usize, seed: u64) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut out: Vec<f32> =
+        (0..(n - copies) * 64).map(|_| if rng.random::<bool>() { 0.125 } else { -0.125 }).collect();
+    for i in 0..copies {
+        let mut row = out[i * 64..(i + 1) * 64].to_vec();
+        for _ in 0..4 {
+            let j = rng.random_range(0..64);
+            row[j] = -row[j];
+        }
+        out.extend(row);
+    }
+    out
+}
+
+/// The search on `on`, the database fed as `chunks` consecutive pieces (offsets as a shard
+/// folder would give them).
+fn search_in_chunks(
+    on: &Search,
+    queries: Matrix,
+    database: &[f32],
+    d: usize,
+    k: usize,
+    chunks: &[usize],
+    self_offset: Option<usize>,
+) -> Neighbours {
+    let mut lists = on.lists(queries, k);
+    let mut start = 0;
+    for &rows in chunks {
+        lists.update(Matrix::new(&database[start * d..(start + rows) * d], d), start, self_offset);
+        start += rows;
+    }
+    assert_eq!(start * d, database.len());
+    lists.finish()
+}
+
+/// The WGSL search (lavapipe here) against the plain brute-force reference, exactly: several
+/// query blocks and database blocks of the kernel (4096 rows each), d not a multiple of the
+/// kernel's chunk of 16, lists that stay partly unfilled (k above the database size), the
+/// query set excluded from itself, chunks with offsets, and a repeated run bit-identical.
+#[test]
+fn the_gpu_search_equals_the_brute_force_reference() {
+    let gpu = Search::Device(wgpu_device());
+    let cases: [(usize, usize, usize, usize, &[usize], bool); 4] = [
+        // n queries, database rows, d, k, database chunks, queries = database
+        (4500, 5000, 20, 10, &[4200, 800], false),
+        (700, 700, 64, 64, &[300, 400], true),
+        (50, 5, 7, 8, &[5], false),
+        (33, 33, 16, 1, &[33], true),
+    ];
+    for (n, m, d, k, chunks, own) in cases {
+        let database = grid_rows(m, d, m / 10, (n + m + d) as u64);
+        let queries = if own { database.clone() } else { grid_rows(n, d, 0, n as u64) };
+        let q = Matrix::new(&queries, d);
+        let want = knn_brute_force(q, Matrix::new(&database, d), k, own);
+        let got = search_in_chunks(&gpu, q, &database, d, k, chunks, own.then_some(0));
+        let cpu = search_in_chunks(&Search::Cpu, q, &database, d, k, chunks, own.then_some(0));
+        let ties =
+            (0..n).filter(|&i| want.of(i).1.windows(2).any(|w| w[0] == w[1] && w[0].is_finite())).count();
+        eprintln!("n {n} m {m} d {d} k {k}: {ties} of {n} lists hold ties");
+        for i in 0..n {
+            assert_eq!(got.of(i), want.of(i), "GPU, n {n} m {m} d {d} k {k}: query {i}");
+            assert_eq!(cpu.of(i), want.of(i), "CPU, n {n} m {m} d {d} k {k}: query {i}");
+        }
+        if n == 4500 {
+            assert!(ties > n / 2, "the case should exercise tie-breaking: {ties} lists with ties");
+            let again = search_in_chunks(&gpu, q, &database, d, k, chunks, None);
+            assert_eq!(again, got, "a second run differs");
+        }
+    }
+}
+
+/// `curate dedup` and `curate retrieve` give the same CSV on wgpu as on the CPU: ±1/8 rows of
+/// width 64 ([`sign_rows`]: exact similarities, many ties) for dedup, and clustered rows
+/// for k-means retrieval (its centroids are means, so exactness there rests on the clusters
+/// being well apart rather than on exact arithmetic).
+#[test]
+fn curate_commands_agree_on_gpu_and_cpu() {
+    let dir = Scratch::new("curate-gpu-cpu");
+    let items = dir.join("items.safetensors");
+    write_single(&items, &sign_rows(900, 150, 11), 64).unwrap();
+    let pool = dir.join("pool.safetensors");
+    let queries = dir.join("queries.safetensors");
+    write_single(&pool, &grouped(2000, 32, 20, 0.2, 12), 32).unwrap();
+    write_single(&queries, &grouped(5, 32, 20, 0.2, 13), 32).unwrap();
+    let run = |args: &[&str]| {
+        let o = dinov2(args);
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let mut outputs = Vec::new();
+    for backend in ["ndarray", "wgpu"] {
+        let keep = dir.join(&format!("keep-{backend}.csv"));
+        let log = run(&[
+            "curate",
+            "dedup",
+            s(&items),
+            "--k",
+            "16",
+            "--threshold",
+            "0.7",
+            "--backend",
+            backend,
+            "-o",
+            s(&keep),
+        ]);
+        assert!(
+            log.contains(if backend == "wgpu" { "searching on wgpu" } else { "searching on CPU" }),
+            "{log}"
+        );
+        let selected = dir.join(&format!("selected-{backend}.csv"));
+        run(&[
+            "curate",
+            "retrieve",
+            "--pool",
+            s(&pool),
+            "--queries",
+            s(&queries),
+            "--mode",
+            "per-cluster",
+            "--clusters",
+            "20",
+            "--per-cluster",
+            "30",
+            "--backend",
+            backend,
+            "-o",
+            s(&selected),
+        ]);
+        outputs.push([std::fs::read_to_string(&keep).unwrap(), std::fs::read_to_string(&selected).unwrap()]);
+    }
+    let removed = outputs[0][0].lines().skip(1).filter(|l| l.split(',').nth(2) == Some("0")).count();
+    assert!(removed >= 150, "the planted copies should go: {removed} removed");
+    assert_eq!(outputs[0][0], outputs[1][0], "dedup decisions differ between the CPU and wgpu");
+    assert_eq!(outputs[0][1], outputs[1][1], "retrieval differs between the CPU and wgpu");
 }
 
 /// The 400 Fashion-MNIST test images of the fixture (tests/reference/make_curation_fixture.py).
@@ -301,7 +452,7 @@ fn retrieval_selects_the_nearest_or_samples_the_query_clusters() {
     let queries = grouped(12, d, 30, 0.4, 8);
     let (pm, qm) = (Matrix::new(&pool, d), Matrix::new(&queries, d));
     // per query: exactly the union of the brute-force 5 nearest
-    let got = retrieve(pm, qm, Selection::PerQuery(5), 0, |_| {});
+    let got = retrieve(pm, qm, Selection::PerQuery(5), 0, &Search::Cpu, |_| {});
     let reference = knn_brute_force(qm, pm, 5, false);
     let mut want = vec![false; 900];
     for q in 0..12 {
@@ -309,7 +460,7 @@ fn retrieval_selects_the_nearest_or_samples_the_query_clusters() {
     }
     assert_eq!(got.kept, want);
     // k-means: a fixed point of Lloyd's iteration at convergence
-    let model = kmeans(pm, 30, 100, 3, |_| {});
+    let model = kmeans(pm, 30, 100, 3, &Search::Cpu, |_| {});
     for i in 0..900 {
         let sims: Vec<f32> = (0..30).map(|c| dot(pm.row(i), &model.centroids[c * d..(c + 1) * d])).collect();
         let best = sims[model.assignment[i] as usize];
@@ -326,8 +477,14 @@ fn retrieval_selects_the_nearest_or_samples_the_query_clusters() {
         assert!(err < 1e-4, "centroid {c} is not the normalised mean of its rows ({err})");
     }
     // per cluster: M of each query's cluster (all of a smaller one), nothing outside them
-    let got =
-        retrieve(pm, qm, Selection::PerCluster { clusters: 30, per_cluster: 10, iterations: 100 }, 3, |_| {});
+    let got = retrieve(
+        pm,
+        qm,
+        Selection::PerCluster { clusters: 30, per_cluster: 10, iterations: 100 },
+        3,
+        &Search::Cpu,
+        |_| {},
+    );
     let query_clusters: Vec<usize> = (0..12)
         .map(|q| {
             (0..30)
@@ -531,18 +688,18 @@ fn streamed_dedup_of_a_shard_folder_equals_the_in_memory_one() {
     }
     let whole = Embeddings::read(&emb).unwrap();
     assert_eq!(whole.len(), n);
-    let want = self_dedup(&whole, 8, 0.9, |_| {});
+    let want = self_dedup(&whole, 8, 0.9, &Search::Cpu, |_| {});
     assert!(want.n_kept() > 1 && want.n_kept() < n, "the case should merge some: kept {}", want.n_kept());
     for max_rows in [1, 150, 250, n] {
-        let (got, paths) = self_dedup_folder(&emb, 8, 0.9, max_rows, |_| {}).unwrap();
+        let (got, paths) = self_dedup_folder(&emb, 8, 0.9, max_rows, &Search::Cpu, |_| {}).unwrap();
         assert_eq!(got, want, "query blocks of at most {max_rows} rows");
         assert_eq!(paths, whole.paths.clone().unwrap());
     }
     // relative deduplication, shard by shard, against 40 of the rows
     let against = Embeddings { dim: d, data: data[100 * d..140 * d].to_vec(), paths: None };
-    let (want, _) = relative_dedup(&whole, &against, 0.9, |_| {});
+    let (want, _) = relative_dedup(&whole, &against, 0.9, &Search::Cpu, |_| {});
     assert!(want.n_kept() > 1 && want.n_kept() < n - 40, "kept {}", want.n_kept());
-    let (got, paths) = relative_dedup_folder(&emb, &against, 0.9, |_| {}).unwrap();
+    let (got, paths) = relative_dedup_folder(&emb, &against, 0.9, &Search::Cpu, |_| {}).unwrap();
     assert_eq!(got, want);
     assert_eq!(paths, whole.paths.clone().unwrap());
 }

@@ -54,7 +54,11 @@ fn err(a: &[f32], b: &[f32]) -> f32 {
 fn every_shader_parses_and_validates_with_naga() {
     use naga::valid::{Capabilities, ValidationFlags, Validator};
     let variants = Shader::all();
-    assert_eq!(variants.len(), 13, "4 attention kernels × (f32, f16), 3 Sinkhorn passes, 2 KoLeo passes");
+    assert_eq!(
+        variants.len(),
+        15,
+        "4 attention kernels × (f32, f16), 3 Sinkhorn passes, 2 KoLeo passes, 2 k-NN passes"
+    );
     for shader in variants {
         let source = expand(shader);
         assert!(!source.contains("{{"), "{shader:?}: unfilled template slot");
