@@ -24,9 +24,11 @@ pub const KOLEO_MICRO: usize = 8;
 /// Barrier rounds (column tiles of 64 × chunks of 16 of d) one KoLeo workgroup runs at most.
 pub const KOLEO_TILE_BUDGET: usize = 64;
 /// Query rows and database rows of one k-NN tile: the similarity scratch of a tile is at most
-/// 4096 · 4096 f32 = 64 MiB, under the 128 MiB storage binding of software adapters and browsers.
-pub const KNN_QUERY_BLOCK: usize = 4096;
-pub const KNN_DATABASE_BLOCK: usize = 4096;
+/// 8192 · 2048 f32 = 64 MiB, under the 128 MiB storage binding of software adapters and
+/// browsers. Tall tiles: the merge pass runs one invocation per query row, each scanning the
+/// tile's database rows in sequence, so more rows and shorter scans keep a GPU busier.
+pub const KNN_QUERY_BLOCK: usize = 8192;
+pub const KNN_DATABASE_BLOCK: usize = 2048;
 /// Sinkhorn-Knopp passes: column scalings, row scalings, output.
 pub const SINKHORN_PASSES: [u32; 3] = [0, 1, 2];
 

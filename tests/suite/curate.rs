@@ -138,7 +138,7 @@ fn search_in_chunks(
 }
 
 /// The WGSL search (lavapipe here) against the plain brute-force reference, exactly: several
-/// query blocks and database blocks of the kernel (4096 rows each), d not a multiple of the
+/// query blocks (8192 rows) and database blocks (2048 rows) of the kernel, d not a multiple of the
 /// kernel's chunk of 16, lists that stay partly unfilled (k above the database size), the
 /// query set excluded from itself, chunks with offsets, and a repeated run bit-identical.
 #[test]
@@ -146,7 +146,7 @@ fn the_gpu_search_equals_the_brute_force_reference() {
     let gpu = Search::Device(wgpu_device());
     let cases: [(usize, usize, usize, usize, &[usize], bool); 4] = [
         // n queries, database rows, d, k, database chunks, queries = database
-        (4500, 5000, 20, 10, &[4200, 800], false),
+        (8300, 5000, 20, 10, &[4200, 800], false),
         (700, 700, 64, 64, &[300, 400], true),
         (50, 5, 7, 8, &[5], false),
         (33, 33, 16, 1, &[33], true),
@@ -165,7 +165,7 @@ fn the_gpu_search_equals_the_brute_force_reference() {
             assert_eq!(got.of(i), want.of(i), "GPU, n {n} m {m} d {d} k {k}: query {i}");
             assert_eq!(cpu.of(i), want.of(i), "CPU, n {n} m {m} d {d} k {k}: query {i}");
         }
-        if n == 4500 {
+        if n == 8300 {
             assert!(ties > n / 2, "the case should exercise tie-breaking: {ties} lists with ties");
             let again = search_in_chunks(&gpu, q, &database, d, k, chunks, None);
             assert_eq!(again, got, "a second run differs");
