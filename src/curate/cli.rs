@@ -12,7 +12,7 @@ use super::dedup::{
 use super::embed::{EmbedJob, UNREADABLE, embed_folder};
 use super::embeddings::Embeddings;
 use super::knn::Search;
-use super::retrieve::{Selection, retrieve};
+use super::retrieve::{Pool, Selection, retrieve};
 use crate::backend::BackendKind;
 use crate::cli::ModelArgs;
 use crate::data::preprocess::Resize;
@@ -64,9 +64,7 @@ pub struct SearchArgs {
 
 impl SearchArgs {
     fn open(&self) -> Result<Search> {
-        let search = Search::for_backend(BackendKind::parse(&self.backend)?)?;
-        eprintln!("searching on {}", search.describe());
-        Ok(search)
+        Search::for_backend(BackendKind::parse(&self.backend)?)
     }
 }
 
@@ -129,6 +127,10 @@ pub struct RetrieveArgs {
     /// Lloyd iterations at most.
     #[arg(long, default_value_t = 20)]
     pub iterations: usize,
+    /// k-means trains on at most this many pool rows per cluster, drawn evenly (faiss's
+    /// default); every pool row is then assigned to its nearest centroid.
+    #[arg(long, default_value_t = super::retrieve::MAX_POINTS_PER_CENTROID)]
+    pub max_points_per_centroid: usize,
     /// Nearest pool images kept per query (paper: 4).
     #[arg(long, default_value_t = 4)]
     pub per_query: usize,
@@ -269,13 +271,14 @@ fn dedup(args: DedupArgs) -> Result<()> {
     decisions.write_csv(&args.output, paths.as_deref())?;
     let n = decisions.kept.len();
     eprintln!(
-        "wrote {}: kept {} of {} ({} removed as copies; k = {}, cosine > {})",
+        "wrote {}: kept {} of {} ({} removed as copies; k = {}, cosine > {}; search on {})",
         args.output.display(),
         decisions.n_kept(),
         n,
         n - decisions.n_kept(),
         args.k,
-        args.threshold
+        args.threshold,
+        on.describe()
     );
     Ok(())
 }
@@ -309,20 +312,30 @@ fn relative(args: RelativeArgs) -> Result<()> {
     decisions.write_csv(&args.output, paths.as_deref())?;
     let n = decisions.kept.len();
     eprintln!(
-        "wrote {}: kept {} of {} ({} dropped as similar to the {} evaluation images, cosine > {})",
+        "wrote {}: kept {} of {} ({} dropped as similar to the {} evaluation images, cosine > {}; search on {})",
         args.output.display(),
         decisions.n_kept(),
         n,
         n - decisions.n_kept(),
         against.len(),
-        args.threshold
+        args.threshold,
+        on.describe()
     );
     Ok(())
 }
 
 fn retrieve_command(args: RetrieveArgs) -> Result<()> {
     check_output(&args.output)?;
-    let (pool, queries) = read_pair(&args.pool, &args.queries)?;
+    // a folder of pool shards streams; a single file is read whole
+    let whole = if args.pool.is_dir() { None } else { Some(read(&args.pool)?) };
+    let pool = match &whole {
+        Some(items) => Pool::Memory(items.matrix()),
+        None => Pool::folder(&args.pool)?,
+    };
+    let queries = read(&args.queries)?;
+    if pool.dim() != queries.dim {
+        return Err(width_mismatch(&args.pool, pool.dim(), &args.queries, queries.dim));
+    }
     let per_query = match args.mode.as_str() {
         "auto" => queries.len() >= args.large_queries,
         "per-query" => true,
@@ -338,6 +351,7 @@ fn retrieve_command(args: RetrieveArgs) -> Result<()> {
             clusters: args.clusters.max(1),
             per_cluster: args.per_cluster,
             iterations: args.iterations,
+            max_points_per_centroid: args.max_points_per_centroid,
         }
     };
     let on = args.search.open()?;
@@ -346,16 +360,18 @@ fn retrieve_command(args: RetrieveArgs) -> Result<()> {
     } else {
         bar(args.iterations, "iterations", "k-means")
     };
-    let decisions =
-        retrieve(pool.matrix(), queries.matrix(), selection, args.seed, &on, |n| progress.inc(n as u64));
+    let (decisions, paths) =
+        retrieve(&pool, queries.matrix(), selection, args.seed, &on, |n| progress.inc(n as u64))?;
     progress.finish_and_clear();
-    decisions.write_csv(&args.output, pool.paths.as_deref())?;
+    let paths = paths.or_else(|| whole.as_ref().and_then(|items| items.paths.clone()));
+    decisions.write_csv(&args.output, paths.as_deref())?;
     eprintln!(
-        "wrote {}: selected {} of {} pool images for {} queries ({selection:?})",
+        "wrote {}: selected {} of {} pool images for {} queries ({selection:?}; search on {})",
         args.output.display(),
         decisions.n_kept(),
         pool.len(),
-        queries.len()
+        queries.len(),
+        on.describe()
     );
     Ok(())
 }

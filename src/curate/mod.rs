@@ -2,8 +2,9 @@
 //! neighbours by cosine similarity are found, pairs above a similarity threshold are joined and
 //! the connected components (union-find) are the near-duplicate groups, one image kept per
 //! group; relative deduplication drops images close to evaluation sets, retrieval picks pool
-//! images close to curated queries. [`knn`] and [`union_find`] are the exact CPU building
-//! blocks, [`embeddings`] the on-disk sets, [`embed`] the resumable embedding job, [`dedup`]
+//! images close to curated queries. [`knn`] (the exact search, on the CPU or as the WGSL
+//! kernel `shaders/knn.wgsl`) and [`union_find`] are the building blocks, [`embeddings`] the
+//! on-disk sets, [`embed`] the resumable embedding job, [`dedup`]
 //! and [`retrieve`] the decisions, [`cli`] the `dinov2 curate` commands.
 
 pub mod bench;

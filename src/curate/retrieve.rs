@@ -2,6 +2,13 @@
 //! set. For a large query set, the N nearest pool images of each query (N = 4 in the paper);
 //! for a small one, the pool is clustered by k-means and M images are sampled from the
 //! cluster of each query (M = 10000 in the paper).
+//!
+//! The pool streams ([`Pool`]): per query, each pool chunk is merged into the queries' lists;
+//! per cluster, k-means is trained on a sample of at most [`MAX_POINTS_PER_CENTROID`] rows
+//! per cluster (faiss's default; adjustable), then every pool row is assigned to its nearest centroid,
+//! chunk by chunk. Memory: the queries, the sample, one chunk and one cluster id per row.
+
+use std::path::Path;
 
 use rand::SeedableRng;
 use rand::seq::index::sample;
@@ -9,8 +16,97 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use super::dedup::{Decisions, search};
-use super::embeddings::normalise_rows;
+use super::embeddings::{Manifest, normalise_rows, read_manifest, read_shard, shard_paths};
 use super::knn::{Matrix, Search};
+use crate::error::{Error, Result};
+
+/// k-means trains on at most this many pool rows per cluster by default (faiss's
+/// `max_points_per_centroid`).
+pub const MAX_POINTS_PER_CENTROID: usize = 256;
+
+/// Pool rows in memory or in a folder of shards written by `curate embed`.
+pub enum Pool<'a> {
+    Memory(Matrix<'a>),
+    /// Shards read one at a time (rows normalised on reading); `rows` from their file lists.
+    Folder {
+        dir: &'a Path,
+        manifest: Manifest,
+        rows: usize,
+    },
+}
+
+impl<'a> Pool<'a> {
+    /// A folder of shards, its manifest checked and its rows counted from the shards' file
+    /// lists (unreadable images have no row).
+    pub fn folder(dir: &'a Path) -> Result<Self> {
+        let manifest = read_manifest(dir)?;
+        let mut rows = 0;
+        for i in 0..manifest.n_shards() {
+            let (tensor, files) = shard_paths(dir, i);
+            if !tensor.exists() {
+                return Err(Error::checkpoint(
+                    &tensor,
+                    "missing: run `curate embed` again to finish the folder",
+                ));
+            }
+            let text = std::fs::read_to_string(&files)
+                .map_err(|_| Error::checkpoint(&files, "missing: the file list of this shard"))?;
+            rows += text.lines().count();
+        }
+        if rows == 0 {
+            return Err(Error::Usage(format!("{}: the embedding folder holds no embeddings", dir.display())));
+        }
+        Ok(Pool::Folder { dir, manifest, rows })
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Pool::Memory(m) => m.n,
+            Pool::Folder { rows, .. } => *rows,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn dim(&self) -> usize {
+        match self {
+            Pool::Memory(m) => m.d,
+            Pool::Folder { manifest, .. } => manifest.dim,
+        }
+    }
+
+    /// Calls `f(rows, offset)` for consecutive chunks of the pool (a shard at a time for a
+    /// folder, the whole matrix in memory); returns the file of each row for a folder.
+    pub fn for_each_chunk(&self, mut f: impl FnMut(Matrix, usize)) -> Result<Option<Vec<String>>> {
+        match self {
+            Pool::Memory(m) => {
+                f(*m, 0);
+                Ok(None)
+            }
+            Pool::Folder { dir, manifest, rows } => {
+                let mut paths = Vec::with_capacity(*rows);
+                for i in 0..manifest.n_shards() {
+                    let shard = read_shard(dir, i, manifest)?;
+                    let mut data = shard.data;
+                    normalise_rows(&mut data, manifest.dim);
+                    f(Matrix::new(&data, manifest.dim), paths.len());
+                    paths.extend(shard.paths);
+                }
+                if paths.len() != *rows {
+                    return Err(Error::Usage(format!(
+                        "{}: the shards changed while they were read ({} rows, then {})",
+                        dir.display(),
+                        rows,
+                        paths.len()
+                    )));
+                }
+                Ok(Some(paths))
+            }
+        }
+    }
+}
 
 /// Spherical k-means on L2-normalised rows: the result of [`kmeans`].
 #[derive(Clone, Debug, PartialEq)]
@@ -120,23 +216,45 @@ pub enum Selection {
     /// The N nearest pool images of each query.
     PerQuery(usize),
     /// M pool images sampled from the cluster of each query (all of a smaller cluster).
-    PerCluster { clusters: usize, per_cluster: usize, iterations: usize },
+    /// k-means trains on at most `max_points_per_centroid · clusters` rows drawn evenly.
+    PerCluster { clusters: usize, per_cluster: usize, iterations: usize, max_points_per_centroid: usize },
 }
 
-/// Select pool rows for `queries`: `kept` marks the selected pool items.
+/// Rows `take` (sorted, unique) of the pool, in order, gathered chunk by chunk.
+fn gather_rows(pool: &Pool, take: &[usize]) -> Result<Vec<f32>> {
+    let d = pool.dim();
+    let mut out = Vec::with_capacity(take.len() * d);
+    let mut next = 0;
+    pool.for_each_chunk(|chunk, offset| {
+        while next < take.len() && take[next] < offset + chunk.n {
+            out.extend_from_slice(chunk.row(take[next] - offset));
+            next += 1;
+        }
+    })?;
+    Ok(out)
+}
+
+/// Select pool rows for `queries`: `kept` marks the selected pool items. Returns the decisions
+/// and, for a folder, the file of each pool row. `progress` gets pool rows (per query) or
+/// k-means iterations (per cluster).
 pub fn retrieve(
-    pool: Matrix,
+    pool: &Pool,
     queries: Matrix,
     selection: Selection,
     seed: u64,
     on: &Search,
-    progress: impl FnMut(usize),
-) -> Decisions {
-    let n = pool.n;
+    mut progress: impl FnMut(usize),
+) -> Result<(Decisions, Option<Vec<String>>)> {
+    let n = pool.len();
     let mut kept = vec![false; n];
-    match selection {
+    let paths = match selection {
         Selection::PerQuery(per_query) => {
-            let neighbours = search(queries, pool, per_query, false, on, progress);
+            let mut lists = on.lists(queries, per_query.max(1));
+            let paths = pool.for_each_chunk(|chunk, offset| {
+                lists.update(chunk, offset, None);
+                progress(chunk.n);
+            })?;
+            let neighbours = lists.finish();
             for q in 0..queries.n {
                 for &j in neighbours.of(q).0 {
                     if j != u32::MAX {
@@ -144,15 +262,32 @@ pub fn retrieve(
                     }
                 }
             }
+            paths
         }
-        Selection::PerCluster { clusters, per_cluster, iterations } => {
-            let model = kmeans(pool, clusters, iterations, seed, on, progress);
-            let of_query = search(queries, Matrix::new(&model.centroids, model.dim), 1, false, on, |_| {});
+        Selection::PerCluster { clusters, per_cluster, iterations, max_points_per_centroid } => {
+            // train on a sample, evenly drawn, kept in pool order (all rows when few)
+            let max_points = clusters.max(1).saturating_mul(max_points_per_centroid.max(1));
+            let mut take: Vec<usize> = if n > max_points {
+                sample(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x5a4d1e), n, max_points).into_vec()
+            } else {
+                (0..n).collect()
+            };
+            take.sort_unstable();
+            let training = gather_rows(pool, &take)?;
+            let model = kmeans(Matrix::new(&training, pool.dim()), clusters, iterations, seed, on, progress);
+            let centroids = Matrix::new(&model.centroids, model.dim);
+            // every pool row's cluster
+            let mut assignment = Vec::with_capacity(n);
+            let paths = pool.for_each_chunk(|chunk, _| {
+                let nearest = search(chunk, centroids, 1, false, on, |_| {});
+                assignment.extend_from_slice(&nearest.indices);
+            })?;
+            let of_query = search(queries, centroids, 1, false, on, |_| {});
             let mut wanted: Vec<u32> = (0..queries.n).map(|q| of_query.of(q).0[0]).collect();
             wanted.sort_unstable();
             wanted.dedup();
             let mut members: Vec<Vec<usize>> = vec![Vec::new(); model.k];
-            for (i, &c) in model.assignment.iter().enumerate() {
+            for (i, &c) in assignment.iter().enumerate() {
                 members[c as usize].push(i);
             }
             let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
@@ -163,7 +298,8 @@ pub fn retrieve(
                     kept[rows[pick]] = true;
                 }
             }
+            paths
         }
-    }
-    Decisions { representative: (0..n as u32).collect(), kept }
+    };
+    Ok((Decisions { representative: (0..n as u32).collect(), kept }, paths))
 }

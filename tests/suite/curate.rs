@@ -8,7 +8,7 @@ use std::path::Path;
 use dinov2_wgpu::curate::dedup::{components, self_dedup};
 use dinov2_wgpu::curate::embeddings::{Embeddings, read_manifest, read_shard, write_single};
 use dinov2_wgpu::curate::knn::{Matrix, Neighbours, Search, knn_brute_force};
-use dinov2_wgpu::curate::retrieve::{Selection, kmeans, retrieve};
+use dinov2_wgpu::curate::retrieve::{Pool, Selection, kmeans, retrieve};
 use image::{GrayImage, imageops};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -207,10 +207,7 @@ fn curate_commands_agree_on_gpu_and_cpu() {
             "-o",
             s(&keep),
         ]);
-        assert!(
-            log.contains(if backend == "wgpu" { "searching on wgpu" } else { "searching on CPU" }),
-            "{log}"
-        );
+        assert!(log.contains(if backend == "wgpu" { "search on wgpu" } else { "search on CPU" }), "{log}");
         let selected = dir.join(&format!("selected-{backend}.csv"));
         run(&[
             "curate",
@@ -452,7 +449,7 @@ fn retrieval_selects_the_nearest_or_samples_the_query_clusters() {
     let queries = grouped(12, d, 30, 0.4, 8);
     let (pm, qm) = (Matrix::new(&pool, d), Matrix::new(&queries, d));
     // per query: exactly the union of the brute-force 5 nearest
-    let got = retrieve(pm, qm, Selection::PerQuery(5), 0, &Search::Cpu, |_| {});
+    let got = retrieve(&Pool::Memory(pm), qm, Selection::PerQuery(5), 0, &Search::Cpu, |_| {}).unwrap().0;
     let reference = knn_brute_force(qm, pm, 5, false);
     let mut want = vec![false; 900];
     for q in 0..12 {
@@ -477,14 +474,13 @@ fn retrieval_selects_the_nearest_or_samples_the_query_clusters() {
         assert!(err < 1e-4, "centroid {c} is not the normalised mean of its rows ({err})");
     }
     // per cluster: M of each query's cluster (all of a smaller one), nothing outside them
-    let got = retrieve(
-        pm,
-        qm,
-        Selection::PerCluster { clusters: 30, per_cluster: 10, iterations: 100 },
-        3,
-        &Search::Cpu,
-        |_| {},
-    );
+    let per_cluster = Selection::PerCluster {
+        clusters: 30,
+        per_cluster: 10,
+        iterations: 100,
+        max_points_per_centroid: 256,
+    };
+    let got = retrieve(&Pool::Memory(pm), qm, per_cluster, 3, &Search::Cpu, |_| {}).unwrap().0;
     let query_clusters: Vec<usize> = (0..12)
         .map(|q| {
             (0..30)
@@ -702,4 +698,23 @@ fn streamed_dedup_of_a_shard_folder_equals_the_in_memory_one() {
     let (got, paths) = relative_dedup_folder(&emb, &against, 0.9, &Search::Cpu, |_| {}).unwrap();
     assert_eq!(got, want);
     assert_eq!(paths, whole.paths.clone().unwrap());
+    // retrieval with the pool streamed shard by shard: per query, and per cluster with k-means
+    // trained on a sample (20 rows per cluster: 160 of 382, gathered across the shards)
+    let queries = &data[..5 * d];
+    for selection in [
+        Selection::PerQuery(7),
+        Selection::PerCluster { clusters: 8, per_cluster: 15, iterations: 20, max_points_per_centroid: 20 },
+        Selection::PerCluster { clusters: 8, per_cluster: 15, iterations: 20, max_points_per_centroid: 256 },
+    ] {
+        let q = Matrix::new(queries, d);
+        let (want, none) =
+            retrieve(&Pool::Memory(whole.matrix()), q, selection, 1, &Search::Cpu, |_| {}).unwrap();
+        assert!(none.is_none());
+        let selected = want.n_kept();
+        assert!(selected > 5 && selected < n / 2, "{selection:?}: selected {selected}");
+        let (got, paths) =
+            retrieve(&Pool::folder(&emb).unwrap(), q, selection, 1, &Search::Cpu, |_| {}).unwrap();
+        assert_eq!(got, want, "{selection:?}");
+        assert_eq!(paths, whole.paths.clone());
+    }
 }
