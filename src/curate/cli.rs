@@ -51,6 +51,10 @@ pub struct CurateEmbedArgs {
     /// Images per shard (the unit of resumption).
     #[arg(long, default_value_t = 4096)]
     pub shard_size: usize,
+    /// Average each image's embedding with its left-right mirror image's: mirrored copies then
+    /// embed (almost) identically, as copy detection wants. Twice the compute.
+    #[arg(long)]
+    pub flip_average: bool,
 }
 
 /// Where the nearest-neighbour search runs.
@@ -225,6 +229,7 @@ fn embed(args: CurateEmbedArgs) -> Result<()> {
         weights,
         batch_size: args.batch_size,
         shard_size: args.shard_size,
+        flip_average: args.flip_average,
     };
     let progress = bar(data.len(), "images", "embedding");
     let summary = embed_folder(&job, &args.output, |n| progress.inc(n as u64))?;

@@ -32,6 +32,8 @@ pub struct EmbedJob<'a> {
     pub weights: String,
     pub batch_size: usize,
     pub shard_size: usize,
+    /// Average each image's embedding with its left-right mirror's (then renormalise).
+    pub flip_average: bool,
 }
 
 /// What a run did.
@@ -58,6 +60,7 @@ pub fn embed_folder(job: &EmbedJob, out: &Path, mut progress: impl FnMut(usize))
         source: job.data.name().to_string(),
         weights: job.weights.clone(),
         size: job.size.clone(),
+        flip_average: job.flip_average,
     };
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     if out.join(MANIFEST).exists() {
@@ -159,8 +162,15 @@ fn embed_range(job: &EmbedJob, start: usize, end: usize, progress: &mut impl FnM
         if let Some((h, w)) = size {
             job.model.check_input(h, w)?;
             let images = Tensor::<4>::from_data(TensorData::new(pixels, [n, 3, h, w]), job.device);
+            let mirrored = job.flip_average.then(|| images.clone().flip([3]));
             let mut cls = to_host(job.model.forward_features(images).cls)?;
             normalise_rows(&mut cls, dim);
+            if let Some(mirrored) = mirrored {
+                let mut other = to_host(job.model.forward_features(mirrored).cls)?;
+                normalise_rows(&mut other, dim);
+                cls.iter_mut().zip(other).for_each(|(a, b)| *a += b);
+                normalise_rows(&mut cls, dim);
+            }
             shard.data.extend(cls);
         }
         progress(chunk.len());

@@ -36,6 +36,10 @@ pub struct Manifest {
     /// The weights and the image sizing used, so a resume cannot mix models.
     pub weights: String,
     pub size: String,
+    /// Each embedding is the normalised mean of the image's and its mirror image's
+    /// (`curate embed --flip-average`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flip_average: bool,
 }
 
 impl Manifest {
