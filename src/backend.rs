@@ -134,7 +134,15 @@ fn open_wgpu() -> Result<Device, String> {
     if adapters.iter().any(|a| a.is_vulkan) {
         options = options.graphics_api(WgpuBackend::Vulkan);
     }
-    options.init().map_err(|e| format!("wgpu could not open an adapter: {e}; {NO_ADAPTER_HINT}"))
+    #[cfg(not(target_family = "wasm"))]
+    return options.init().map_err(|e| format!("wgpu could not open an adapter: {e}; {NO_ADAPTER_HINT}"));
+    // a browser opens its device asynchronously (`Device::wgpu_options().init_async()`, as
+    // web/src/lib.rs does)
+    #[cfg(target_family = "wasm")]
+    {
+        drop(options);
+        Err("in a browser, open WebGPU with Device::wgpu_options().init_async()".to_string())
+    }
 }
 
 /// The name of the adapter a wgpu device runs on.

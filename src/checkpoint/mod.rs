@@ -85,6 +85,24 @@ impl BackboneWeights {
 pub fn read_backbone(path: &Path, options: &LoadOptions) -> Result<BackboneWeights> {
     let (file, hf_config) = resolve_files(path)?;
     let source = TensorSource::open(&file)?;
+    from_source(path, source, hf_config, options)
+}
+
+/// [`read_backbone`] of a safetensors checkpoint held in memory (official or this project's
+/// layout, or HuggingFace's `model.safetensors`); `name` stands for its file in errors.
+pub fn read_backbone_bytes(name: &str, bytes: Vec<u8>, options: &LoadOptions) -> Result<BackboneWeights> {
+    let path = Path::new(name);
+    let source = TensorSource::from_safetensors_bytes(path, bytes)?;
+    from_source(path, source, None, options)
+}
+
+fn from_source(
+    path: &Path,
+    source: TensorSource,
+    hf_config: Option<serde_json::Value>,
+    options: &LoadOptions,
+) -> Result<BackboneWeights> {
+    let file = source.path().to_path_buf();
     let (layout, prefix) = detect_layout(&source)?;
 
     let kind = match layout {

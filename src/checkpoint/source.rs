@@ -63,6 +63,12 @@ impl TensorSource {
 
     fn open_safetensors(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::from_safetensors_bytes(path, bytes)
+    }
+
+    /// A safetensors file already in memory (the browser has no file system); `path` names it
+    /// in errors.
+    pub fn from_safetensors_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self> {
         let (header_len, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
             use safetensors::SafeTensorError as E;
             let message = match e {

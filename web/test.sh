@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The browser test: serves web/www/ on localhost, opens it in headless Chromium on its
+# software WebGPU adapter (SwiftShader), runs PCA on the sample photo and checks the patch
+# features against the native `dinov2 embed` of the same image and weights (max abs error
+# <= 1e-3) and that the pictures are not blank, runs patch matching, and checks the message a
+# browser without WebGPU gets. Exit 0 on pass. Run web/build.sh first.
+#
+#   bash web/test.sh [--screenshots DIR]
+set -euo pipefail
+cd "$(dirname "$0")"
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "web/test.sh: need root to run: $*" >&2; exit 1; fi
+}
+need=()
+command -v chromium >/dev/null || need+=(chromium)
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "web/test.sh: installing ${need[*]}" >&2
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+[ -f www/pkg/dinov2_web_bg.wasm ] || { echo "web/test.sh: no web/www/pkg: run web/build.sh first" >&2; exit 1; }
+if [ ! -d node_modules/playwright-core ]; then
+  npm install --silent --no-save --no-audit --no-fund playwright-core@1.65.1
+fi
+
+# the reference: the native CLI on the CPU backend, same image, weights and sizing
+mkdir -p target
+(cd .. && cargo run --release --quiet -- embed --weights assets/tiny-fashion-mnist.safetensors --size 112 \
+  --backend ndarray -o web/target/reference.safetensors web/www/sample.jpg)
+node test.mjs --reference target/reference.safetensors --size 112 "$@"
