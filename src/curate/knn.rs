@@ -269,24 +269,46 @@ impl Search {
 
     /// Empty top-k lists for `queries`, to be fed database chunks.
     pub fn lists<'a>(&self, queries: Matrix<'a>, k: usize) -> Lists<'a> {
+        self.lists_in_pieces(queries, k, device_rows(queries.d.max(k)))
+    }
+
+    /// [`Search::lists`] whose device buffers hold at most `rows` query rows, and whose
+    /// database chunks are uploaded `rows` rows at a time (the tests make them small).
+    pub fn lists_in_pieces<'a>(&self, queries: Matrix<'a>, k: usize, rows: usize) -> Lists<'a> {
+        let rows = rows.max(1);
         let inner = match self {
             Search::Cpu => ListsInner::Cpu(TopK::new(queries.n, k)),
             Search::Device(device) => {
                 use burn::tensor::{Int, Tensor, TensorData};
                 assert!(k > 0, "k-nearest-neighbour search needs k >= 1");
                 queries.check("query");
-                let n = queries.n;
-                let data = queries.data[..n * queries.d].to_vec();
-                ListsInner::Device {
-                    queries: Tensor::from_data(TensorData::new(data, [n, queries.d]), device),
-                    sims: Tensor::full([n, k], crate::kernels::KNN_PADDING_SIM, device),
-                    indices: Tensor::<2, Int>::full([n, k], -1, device),
-                    k,
-                }
+                let blocks = (0..queries.n)
+                    .step_by(rows)
+                    .map(|first| {
+                        let n = rows.min(queries.n - first);
+                        let data = queries.rows(first, first + n).to_vec();
+                        DeviceBlock {
+                            first,
+                            queries: Tensor::from_data(TensorData::new(data, [n, queries.d]), device),
+                            sims: Tensor::full([n, k], crate::kernels::KNN_PADDING_SIM, device),
+                            indices: Tensor::<2, Int>::full([n, k], -1, device),
+                        }
+                    })
+                    .collect();
+                ListsInner::Device { device: device.clone(), blocks, k, rows }
             }
         };
         Lists { queries, inner }
     }
+}
+
+/// Largest bytes of one buffer the device search makes: the 128 MiB storage binding of
+/// browsers and software adapters, halved.
+const DEVICE_BUFFER_BYTES: usize = 64 << 20;
+
+/// Rows of `width` f32 that fit [`DEVICE_BUFFER_BYTES`].
+fn device_rows(width: usize) -> usize {
+    (DEVICE_BUFFER_BYTES / (4 * width.max(1))).max(1)
 }
 
 /// The running top-k lists of a block of queries on a [`Search`]'s device.
@@ -295,22 +317,32 @@ pub struct Lists<'a> {
     inner: ListsInner,
 }
 
+/// Query rows `first ..` on the device with their lists.
+struct DeviceBlock {
+    first: usize,
+    queries: burn::tensor::Tensor<2>,
+    sims: burn::tensor::Tensor<2>,
+    indices: burn::tensor::Tensor<2, burn::tensor::Int>,
+}
+
 enum ListsInner {
     Cpu(TopK),
+    /// The queries in blocks of at most [`DEVICE_BUFFER_BYTES`] each.
     Device {
-        queries: burn::tensor::Tensor<2>,
-        sims: burn::tensor::Tensor<2>,
-        indices: burn::tensor::Tensor<2, burn::tensor::Int>,
+        device: burn::tensor::Device,
+        blocks: Vec<DeviceBlock>,
         k: usize,
+        rows: usize,
     },
 }
 
 impl Lists<'_> {
     /// Merges database rows `offset .. offset + chunk.n`; as [`TopK::update`] (its panics too).
+    /// On a device the chunk is uploaded in pieces of at most [`DEVICE_BUFFER_BYTES`].
     pub fn update(&mut self, chunk: Matrix, offset: usize, self_offset: Option<usize>) {
         match &mut self.inner {
             ListsInner::Cpu(top) => top.update(self.queries, chunk, offset, self_offset),
-            ListsInner::Device { queries, sims, indices, .. } => {
+            ListsInner::Device { device, blocks, rows, .. } => {
                 use burn::tensor::{Tensor, TensorData};
                 assert_eq!(self.queries.d, chunk.d, "queries and database rows differ in dimension");
                 chunk.check("database");
@@ -319,27 +351,33 @@ impl Lists<'_> {
                     "database rows {offset} + {} do not fit u32 indices",
                     chunk.n
                 );
-                let self_offset = self_offset.map(|o| {
-                    u32::try_from(o)
-                        .ok()
-                        .filter(|&o| o < PADDING_INDEX)
-                        .expect("self offset fits u32 indices")
-                });
                 if self.queries.n == 0 || chunk.n == 0 {
                     return;
                 }
-                let device = queries.device();
-                let rows = chunk.data[..chunk.n * chunk.d].to_vec();
-                let rows = Tensor::from_data(TensorData::new(rows, [chunk.n, chunk.d]), &device);
-                let (s, i) = crate::kernels::knn_update(
-                    queries.clone(),
-                    rows,
-                    sims.clone(),
-                    indices.clone(),
-                    offset as u32,
-                    self_offset,
-                );
-                (*sims, *indices) = (s, i);
+                for start in (0..chunk.n).step_by(*rows) {
+                    let end = (start + *rows).min(chunk.n);
+                    let data = chunk.rows(start, end).to_vec();
+                    let piece = Tensor::from_data(TensorData::new(data, [end - start, chunk.d]), &*device);
+                    for block in blocks.iter_mut() {
+                        // query i of the block is query `first + i`, so it skips database row
+                        // self_offset + first + i
+                        let skip = self_offset.map(|o| {
+                            u32::try_from(o + block.first)
+                                .ok()
+                                .filter(|&o| o < PADDING_INDEX)
+                                .expect("self offset fits u32 indices")
+                        });
+                        let (s, i) = crate::kernels::knn_update(
+                            block.queries.clone(),
+                            piece.clone(),
+                            block.sims.clone(),
+                            block.indices.clone(),
+                            (offset + start) as u32,
+                            skip,
+                        );
+                        (block.sims, block.indices) = (s, i);
+                    }
+                }
             }
         }
     }
@@ -348,25 +386,28 @@ impl Lists<'_> {
     pub fn finish(self) -> Neighbours {
         match self.inner {
             ListsInner::Cpu(top) => top.finish(),
-            ListsInner::Device { sims, indices, k, .. } => {
-                let indices: Vec<u32> = indices
-                    .into_data()
-                    .convert::<i64>()
-                    .try_into_vec::<i64>()
-                    .expect("int lists")
-                    .into_iter()
-                    .map(|i| i as u32)
-                    .collect();
-                let sims = sims
-                    .into_data()
-                    .convert::<f32>()
-                    .try_into_vec::<f32>()
-                    .expect("f32 lists")
-                    .into_iter()
-                    .zip(&indices)
-                    .map(|(s, &i)| if i == PADDING_INDEX { f32::NEG_INFINITY } else { s })
-                    .collect();
-                Neighbours { k, indices, sims }
+            ListsInner::Device { blocks, k, .. } => {
+                let (mut all_sims, mut all_indices) = (Vec::new(), Vec::new());
+                for block in blocks {
+                    let indices: Vec<u32> = block
+                        .indices
+                        .into_data()
+                        .convert::<i64>()
+                        .try_into_vec::<i64>()
+                        .expect("int lists")
+                        .into_iter()
+                        .map(|i| i as u32)
+                        .collect();
+                    let sims =
+                        block.sims.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 lists");
+                    all_sims.extend(
+                        sims.into_iter()
+                            .zip(&indices)
+                            .map(|(s, &i)| if i == PADDING_INDEX { f32::NEG_INFINITY } else { s }),
+                    );
+                    all_indices.extend(indices);
+                }
+                Neighbours { k, indices: all_indices, sims: all_sims }
             }
         }
     }

@@ -126,8 +126,12 @@ fn search_in_chunks(
     k: usize,
     chunks: &[usize],
     self_offset: Option<usize>,
+    pieces: Option<usize>,
 ) -> Neighbours {
-    let mut lists = on.lists(queries, k);
+    let mut lists = match pieces {
+        Some(rows) => on.lists_in_pieces(queries, k, rows),
+        None => on.lists(queries, k),
+    };
     let mut start = 0;
     for &rows in chunks {
         lists.update(Matrix::new(&database[start * d..(start + rows) * d], d), start, self_offset);
@@ -140,7 +144,8 @@ fn search_in_chunks(
 /// The WGSL search (lavapipe here) against the plain brute-force reference, exactly: several
 /// query blocks (8192 rows) and database blocks (2048 rows) of the kernel, d not a multiple of the
 /// kernel's chunk of 16, lists that stay partly unfilled (k above the database size), the
-/// query set excluded from itself, chunks with offsets, and a repeated run bit-identical.
+/// query set excluded from itself, chunks with offsets, queries and chunks split into device
+/// buffers of 97 rows, and a repeated run bit-identical.
 #[test]
 fn the_gpu_search_equals_the_brute_force_reference() {
     let gpu = Search::Device(wgpu_device());
@@ -156,18 +161,28 @@ fn the_gpu_search_equals_the_brute_force_reference() {
         let queries = if own { database.clone() } else { grid_rows(n, d, 0, n as u64) };
         let q = Matrix::new(&queries, d);
         let want = knn_brute_force(q, Matrix::new(&database, d), k, own);
-        let got = search_in_chunks(&gpu, q, &database, d, k, chunks, own.then_some(0));
-        let cpu = search_in_chunks(&Search::Cpu, q, &database, d, k, chunks, own.then_some(0));
+        let got = search_in_chunks(&gpu, q, &database, d, k, chunks, own.then_some(0), None);
+        let cpu = search_in_chunks(&Search::Cpu, q, &database, d, k, chunks, own.then_some(0), None);
+        // the queries in device buffers of 97 rows, the chunks uploaded 97 rows at a time
+        let pieces = (n <= 700)
+            .then(|| search_in_chunks(&gpu, q, &database, d, k, chunks, own.then_some(0), Some(97)));
         let ties =
             (0..n).filter(|&i| want.of(i).1.windows(2).any(|w| w[0] == w[1] && w[0].is_finite())).count();
         eprintln!("n {n} m {m} d {d} k {k}: {ties} of {n} lists hold ties");
         for i in 0..n {
             assert_eq!(got.of(i), want.of(i), "GPU, n {n} m {m} d {d} k {k}: query {i}");
             assert_eq!(cpu.of(i), want.of(i), "CPU, n {n} m {m} d {d} k {k}: query {i}");
+            if let Some(p) = &pieces {
+                assert_eq!(
+                    p.of(i),
+                    want.of(i),
+                    "GPU in pieces of 97 rows, n {n} m {m} d {d} k {k}: query {i}"
+                );
+            }
         }
         if n == 8300 {
             assert!(ties > n / 2, "the case should exercise tie-breaking: {ties} lists with ties");
-            let again = search_in_chunks(&gpu, q, &database, d, k, chunks, None);
+            let again = search_in_chunks(&gpu, q, &database, d, k, chunks, None, None);
             assert_eq!(again, got, "a second run differs");
         }
     }
