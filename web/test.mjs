@@ -108,8 +108,12 @@ try {
     await page.locator('#pca-section').screenshot({ path: join(screenshots, 'web-pca.png') });
   }
 
+  // the rest runs offline: the service worker serves the sample photos from its cache
+  const cached = await page.evaluate(() => window.dinov2Test.offlineReady());
+  await page.context().setOffline(true);
   const matched = await page.evaluate((s) => window.dinov2Test.match('sample.jpg', 'sample-b.jpg', s), size);
-  console.log(`matching: ${matched.matches} mutual nearest patches drawn, ${matched.colours} colours; ${await status(page)}`);
+  console.log(`matching, offline (${cached} files cached): ${matched.matches} mutual nearest patches drawn, ` +
+    `${matched.colours} colours; ${await status(page)}`);
   if (matched.matches < 1) fail('no patch matches');
   if (matched.colours < 16) fail(`the matching picture has ${matched.colours} colours: blank`);
   if (screenshots) await page.locator('#match-section').screenshot({ path: join(screenshots, 'web-match.png') });

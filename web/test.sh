@@ -2,8 +2,9 @@
 # The browser test: serves web/www/ on localhost, opens it in headless Chromium on its
 # software WebGPU adapter (SwiftShader), runs PCA on the sample photo and checks the patch
 # features against the native `dinov2 embed` of the same image and weights (max abs error
-# <= 1e-3) and that the pictures are not blank, runs patch matching, and checks the message a
-# browser without WebGPU gets. Exit 0 on pass. Run web/build.sh first.
+# <= 1e-3) and that the pictures are not blank, runs patch matching offline (the service
+# worker's cache serving the page's files), and checks the message a browser without WebGPU
+# gets. Exit 0 on pass. Run web/build.sh first.
 #
 #   bash web/test.sh [--screenshots DIR]
 set -euo pipefail

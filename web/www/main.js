@@ -136,6 +136,13 @@ async function main() {
   // what the browser test (../test.mjs) drives
   window.dinov2Test = {
     adapter: () => engine.adapter(),
+    // resolves once the service worker holds the page's files and serves this page
+    offlineReady: async () => {
+      await navigator.serviceWorker.ready;
+      while (!navigator.serviceWorker.controller) await new Promise((r) => setTimeout(r, 100));
+      const cache = await caches.open('dinov2-web');
+      return (await cache.keys()).length;
+    },
     async pca(url, size) {
       $('pca-size').value = size;
       const result = await pca(await fetchBytes(url), url);

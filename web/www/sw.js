@@ -3,7 +3,12 @@
 const CACHE = 'dinov2-web';
 const FILES = ['./', 'index.html', 'style.css', 'main.js', 'pkg/dinov2_web.js', 'pkg/dinov2_web_bg.wasm',
   'weights.safetensors', 'sample.jpg', 'sample-b.jpg'];
-self.addEventListener('install', (e) => e.waitUntil(caches.open(CACHE).then((c) => c.addAll(FILES))));
+self.addEventListener('install', (e) => {
+  self.skipWaiting();
+  e.waitUntil(caches.open(CACHE).then((c) => c.addAll(FILES)));
+});
+// serve the page that registered the worker at once, not from its next load on
+self.addEventListener('activate', (e) => e.waitUntil(self.clients.claim()));
 self.addEventListener('fetch', (e) => {
   if (e.request.method !== 'GET') return;
   e.respondWith(
