@@ -135,7 +135,10 @@ impl TopK {
     /// If `k` is 0 or the two vectors are not `n_queries * k` long.
     pub fn from_lists(k: usize, sims: Vec<f32>, indices: Vec<u32>) -> Self {
         assert!(k > 0, "k-nearest-neighbour search needs k >= 1");
-        assert!(sims.len() == indices.len() && sims.len() % k == 0, "top-k lists of unequal or partial rows");
+        assert!(
+            sims.len() == indices.len() && sims.len().is_multiple_of(k),
+            "top-k lists of unequal or partial rows"
+        );
         Self { k, n_queries: sims.len() / k, sims, indices }
     }
 

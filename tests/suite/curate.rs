@@ -118,6 +118,7 @@ fn sign_rows(n: usize, copies: usize, seed: u64) -> Vec<f32> {
 
 /// The search on `on`, the database fed as `chunks` consecutive pieces (offsets as a shard
 /// folder would give them).
+#[allow(clippy::too_many_arguments)]
 fn search_in_chunks(
     on: &Search,
     queries: Matrix,
@@ -149,8 +150,9 @@ fn search_in_chunks(
 #[test]
 fn the_gpu_search_equals_the_brute_force_reference() {
     let gpu = Search::Device(wgpu_device());
-    let cases: [(usize, usize, usize, usize, &[usize], bool); 4] = [
-        // n queries, database rows, d, k, database chunks, queries = database
+    // n queries, database rows, d, k, database chunks, queries = database
+    type Case = (usize, usize, usize, usize, &'static [usize], bool);
+    let cases: [Case; 4] = [
         (8300, 5000, 20, 10, &[4200, 800], false),
         (700, 700, 64, 64, &[300, 400], true),
         (50, 5, 7, 8, &[5], false),
