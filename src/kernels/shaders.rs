@@ -102,13 +102,61 @@ impl Shader {
             Shader::Koleo { pass } => SourceTemplate::new(KOLEO)
                 .register("pass", pass.to_string())
                 .register("micro", KOLEO_MICRO.to_string())
-                .register("tile", (8 * KOLEO_MICRO).to_string()),
+                .register("tile", (8 * KOLEO_MICRO).to_string())
+                .register(
+                    "gemm_tile",
+                    gemm_tile(
+                        "if (i0 + row < n) { av = x[(i0 + row) * d + k0 + kk]; }",
+                        "if (j0 + row < n) { bv = x[(j0 + row) * d + k0 + kk]; }",
+                    ),
+                ),
             Shader::Knn { pass } => SourceTemplate::new(KNN)
                 .register("pass", pass.to_string())
                 .register("micro", KOLEO_MICRO.to_string())
-                .register("tile", (8 * KOLEO_MICRO).to_string()),
+                .register("tile", (8 * KOLEO_MICRO).to_string())
+                .register(
+                    "gemm_tile",
+                    gemm_tile(
+                        "if (i0 + row < qn) { av = queries[(q0 + i0 + row) * d + k0 + kk]; }",
+                        "if (j0 + row < cn) { bv = database[(c0 + j0 + row) * d + k0 + kk]; }",
+                    ),
+                ),
         }
     }
+}
+
+/// The GEMM tile the KoLeo and k-NN kernels share: over d in chunks of DK, the workgroup stages
+/// a T-row block of A and of B (`[kk][row]` in `a_tile` / `b_tile`, zero past the edges), then
+/// invocation (tx, ty) adds its M x M block of dot products into `acc[r * M + c]`. The two
+/// statements load `av` (row `i0 + row` of A) and `bv` (row `j0 + row` of B) at column
+/// `k0 + kk`; they run only where `k0 + kk < d`.
+fn gemm_tile(load_a: &str, load_b: &str) -> String {
+    format!(
+        "for (var k0 = 0u; k0 < d; k0 += DK) {{
+        workgroupBarrier(); // the previous chunk has been consumed
+        for (var e = lid; e < DK * T; e += 64u) {{
+            let row = e / DK;
+            let kk = e % DK;
+            var av = 0.0;
+            var bv = 0.0;
+            if (k0 + kk < d) {{
+                {load_a}
+                {load_b}
+            }}
+            a_tile[kk * T + row] = av;
+            b_tile[kk * T + row] = bv;
+        }}
+        workgroupBarrier();
+        for (var kk = 0u; kk < DK; kk++) {{
+            var av: array<f32, M>;
+            for (var r = 0u; r < M; r++) {{ av[r] = a_tile[kk * T + ty * M + r]; }}
+            for (var c = 0u; c < M; c++) {{
+                let bv = b_tile[kk * T + tx * M + c];
+                for (var r = 0u; r < M; r++) {{ acc[r * M + c] += av[r] * bv; }}
+            }}
+        }}
+    }}"
+    )
 }
 
 /// The WGSL text of a kernel variant, every slot filled.
