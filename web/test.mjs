@@ -1,7 +1,8 @@
 // The browser test driver (run by test.sh): a static server for www/, headless Chromium through
 // playwright-core, the checks. One line per check; exit 1 with the reason on the first failure.
 //
-//   node test.mjs --reference FILE --size N [--screenshots DIR]
+//   node test.mjs --reference FILE --reference-b FILE --matches N --similarity S --size N
+//                 [--screenshots DIR]
 import { createServer } from 'node:http';
 import { readFile, mkdir } from 'node:fs/promises';
 import { extname, join, normalize } from 'node:path';
@@ -13,6 +14,9 @@ const opt = (name, fallback) => {
   return i >= 0 ? args[i + 1] : fallback;
 };
 const reference = opt('reference');
+const referenceB = opt('reference-b');
+const nativeMatches = Number(opt('matches'));
+const nativeSimilarity = Number(opt('similarity'));
 const size = opt('size', '112');
 const screenshots = opt('screenshots');
 const TOLERANCE = 1e-3;
@@ -77,7 +81,6 @@ async function openPage(webgpu) {
 const status = (page) => page.evaluate(() => document.getElementById('status').textContent);
 
 try {
-  const want = await readPatch(reference);
   const { browser, page, log } = await openPage(true);
   const start = Date.now();
   try {
@@ -91,30 +94,39 @@ try {
   const adapter = await page.evaluate(() => document.getElementById('adapter').textContent);
   console.log(`page ready in ${((Date.now() - start) / 1000).toFixed(1)} s; ${adapter}`);
 
-  const got = await page.evaluate((s) => window.dinov2Test.pca('sample.jpg', s), size);
-  const [, h, w, d] = want.shape;
-  if (got.h !== h || got.w !== w || got.d !== d) fail(`patch grid ${got.h}x${got.w}x${got.d}, native ${h}x${w}x${d}`);
-  let maxErr = 0;
-  for (let i = 0; i < want.values.length; i++) {
-    const e = Math.abs(got.patch[i] - want.values[i]);
-    maxErr = Number.isNaN(e) ? Infinity : Math.max(maxErr, e);
-  }
-  console.log(`PCA: ${h}x${w} patches of ${d}; max abs error against native \`dinov2 embed\` ${maxErr.toExponential(2)}; ` +
-    `${got.colours} colours in the PCA map; ${await status(page)}`);
-  if (!(maxErr <= TOLERANCE)) fail(`patch features differ from the native ones by ${maxErr} > ${TOLERANCE}`);
-  if (got.colours < 16) fail(`the PCA map has ${got.colours} colours: blank`);
-  if (screenshots) {
-    await mkdir(screenshots, { recursive: true });
-    await page.locator('#pca-section').screenshot({ path: join(screenshots, 'web-pca.png') });
+  // PCA of both sample photos: the browser's patch features against the native ones
+  for (const [file, path, shot] of [['sample-b.jpg', referenceB, null], ['sample.jpg', reference, 'web-pca.png']]) {
+    const ref = await readPatch(path);
+    const got = await page.evaluate(([f, s]) => window.dinov2Test.pca(f, s), [file, size]);
+    const [, h, w, d] = ref.shape;
+    if (got.h !== h || got.w !== w || got.d !== d) fail(`${file}: patch grid ${got.h}x${got.w}x${got.d}, native ${h}x${w}x${d}`);
+    let maxErr = 0;
+    for (let i = 0; i < ref.values.length; i++) {
+      const e = Math.abs(got.patch[i] - ref.values[i]);
+      maxErr = Number.isNaN(e) ? Infinity : Math.max(maxErr, e);
+    }
+    console.log(`PCA of ${file}: ${h}x${w} patches of ${d}; max abs error against native \`dinov2 embed\` ` +
+      `${maxErr.toExponential(2)}; ${got.colours} colours in the PCA map; ${await status(page)}`);
+    if (!(maxErr <= TOLERANCE)) fail(`${file}: patch features differ from the native ones by ${maxErr} > ${TOLERANCE}`);
+    if (got.colours < 16) fail(`${file}: the PCA map has ${got.colours} colours: blank`);
+    if (screenshots && shot) {
+      await mkdir(screenshots, { recursive: true });
+      await page.locator('#pca-section').screenshot({ path: join(screenshots, shot) });
+    }
   }
 
   // the rest runs offline: the service worker serves the sample photos from its cache
   const cached = await page.evaluate(() => window.dinov2Test.offlineReady());
   await page.context().setOffline(true);
   const matched = await page.evaluate((s) => window.dinov2Test.match('sample.jpg', 'sample-b.jpg', s), size);
-  console.log(`matching, offline (${cached} files cached): ${matched.matches} mutual nearest patches drawn, ` +
+  console.log(`matching, offline (${cached} files cached): ${matched.matches} mutual nearest patches drawn ` +
+    `(native ${nativeMatches}), mean cosine ${matched.similarity.toFixed(4)} (native ${nativeSimilarity}), ` +
     `${matched.colours} colours; ${await status(page)}`);
   if (matched.matches < 1) fail('no patch matches');
+  if (matched.matches !== nativeMatches || !(Math.abs(matched.similarity - nativeSimilarity) <= 1e-3)) {
+    fail(`the matches differ from native \`dinov2 match\`: ${matched.matches} at mean cosine ${matched.similarity}, ` +
+      `native ${nativeMatches} at ${nativeSimilarity}`);
+  }
   if (matched.colours < 16) fail(`the matching picture has ${matched.colours} colours: blank`);
   if (screenshots) await page.locator('#match-section').screenshot({ path: join(screenshots, 'web-match.png') });
   await browser.close();

@@ -28,8 +28,17 @@ if [ ! -d node_modules/playwright-core ]; then
   npm install --silent --no-save --no-audit --no-fund playwright-core@1.65.1
 fi
 
-# the reference: the native CLI on the CPU backend, same image, weights and sizing
+# the references: the native CLI on the CPU backend, same images, weights and sizing
 mkdir -p target
-(cd .. && cargo run --release --quiet -- embed --weights assets/tiny-fashion-mnist.safetensors --size 112 \
-  --backend ndarray -o web/target/reference.safetensors web/www/sample.jpg)
-node test.mjs --reference target/reference.safetensors --size 112 "$@"
+native() {
+  (cd .. && cargo run --release --quiet -- "$@" --weights assets/tiny-fashion-mnist.safetensors --size 112 \
+    --backend ndarray)
+}
+native embed -o web/target/reference.safetensors web/www/sample.jpg
+native embed -o web/target/reference-b.safetensors web/www/sample-b.jpg
+# "wrote FILE: N mutual nearest neighbours drawn, mean cosine similarity S"
+matched=$(native match --top-k 40 -o web/target/reference-match.png web/www/sample.jpg web/www/sample-b.jpg 2>&1)
+read -r matches similarity < <(sed -nE 's/.*: ([0-9]+) mutual .* similarity ([0-9.]+).*/\1 \2/p' <<<"$matched")
+[ -n "${similarity:-}" ] || { echo "web/test.sh: no match count in \`dinov2 match\` output: $matched" >&2; exit 1; }
+node test.mjs --reference target/reference.safetensors --reference-b target/reference-b.safetensors \
+  --matches "$matches" --similarity "$similarity" --size 112 "$@"

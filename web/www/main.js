@@ -153,7 +153,7 @@ async function main() {
       $('match-size').value = size;
       const [x, y] = await Promise.all([fetchBytes(a), fetchBytes(b)]);
       const result = await match(x, a, y, b);
-      return { matches: result.matches, colours: distinctColours($('match-out'), false) };
+      return { matches: result.matches, similarity: result.mean_similarity, colours: distinctColours($('match-out'), false) };
     },
   };
   window.dinov2Ready = true;
