@@ -118,7 +118,10 @@ pub fn device(kind: BackendKind) -> Result<Device> {
             static WGPU: OnceLock<Result<Device, String>> = OnceLock::new();
             WGPU.get_or_init(open_wgpu).clone().map_err(Error::Device)
         }
+        #[cfg(feature = "native")]
         _ => Ok(Device::ndarray()),
+        #[cfg(not(feature = "native"))]
+        _ => Err(Error::Device("the CPU backend needs the native build (feature `native`)".into())),
     }
 }
 

@@ -8,8 +8,7 @@ use crate::error::{Error, Result};
 use crate::model::DinoVisionTransformer;
 use crate::train::params::named_params;
 
-/// The metadata key holding the architecture (JSON of [`crate::config::VitConfig`]).
-pub const CONFIG_METADATA: &str = "dinov2_wgpu_config";
+pub use super::CONFIG_METADATA;
 
 /// The official name of a burn parameter name, and whether its matrix is transposed
 /// (burn's `Linear` keeps `[in, out]`).

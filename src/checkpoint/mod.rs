@@ -7,6 +7,7 @@
 //! an error naming the key and both shapes, and a checkpoint for another architecture never
 //! gets half-loaded.
 
+#[cfg(feature = "native")]
 pub mod export;
 mod source;
 
@@ -14,6 +15,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 pub use source::TensorSource;
+
+/// The safetensors metadata key holding the architecture (JSON of [`VitConfig`]) in the
+/// checkpoints this project writes (`export::write_backbone`).
+pub const CONFIG_METADATA: &str = "dinov2_wgpu_config";
 
 use crate::config::{FfnKind, PosInterpolation, VitConfig};
 use crate::error::{Error, Result};
@@ -111,7 +116,7 @@ fn from_source(
     };
     let view = KeyView::new(&source, layout, &prefix);
     let saved_config = source
-        .metadata(export::CONFIG_METADATA)
+        .metadata(CONFIG_METADATA)
         .map(|text| {
             let config: VitConfig = serde_json::from_str(text)
                 .map_err(|e| Error::checkpoint(&file, format!("architecture metadata: {e}")))?;

@@ -17,6 +17,7 @@ pub struct TensorSource {
 }
 
 enum SourceKind {
+    #[cfg(feature = "native")]
     Pickle(pytorch_reader::PytorchReader),
     Safetensors {
         bytes: Vec<u8>,
@@ -49,6 +50,12 @@ impl TensorSource {
         }
     }
 
+    #[cfg(not(feature = "native"))]
+    fn open_pickle(path: &Path) -> Result<Self> {
+        Err(Error::checkpoint(path, "PyTorch checkpoints need the native build; convert to safetensors"))
+    }
+
+    #[cfg(feature = "native")]
     fn open_pickle(path: &Path) -> Result<Self> {
         let reader = pytorch_reader::PytorchReader::new(path)
             .map_err(|e| Error::checkpoint(path, format!("not a readable PyTorch checkpoint: {e}")))?;
@@ -118,6 +125,7 @@ impl TensorSource {
     pub fn read_f32(&self, key: &str) -> Result<Vec<f32>> {
         let bad = |msg: String| Error::checkpoint(&self.path, format!("tensor `{key}`: {msg}"));
         match &self.kind {
+            #[cfg(feature = "native")]
             SourceKind::Pickle(reader) => {
                 let tensor = reader.get(key).ok_or_else(|| bad("not in the checkpoint".into()))?;
                 let bytes = tensor

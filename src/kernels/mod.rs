@@ -17,8 +17,10 @@
 // burn 0.22 deprecates ndarray in favour of flex; the project keeps ndarray as its CPU backend
 #![allow(deprecated)]
 
+#[cfg(feature = "native")]
 pub mod autodiff;
 // burn 0.22 deprecates ndarray in favour of flex; the project keeps ndarray as its CPU backend
+#[cfg(feature = "native")]
 #[allow(deprecated)]
 mod cpu;
 pub mod shaders;
@@ -37,7 +39,7 @@ pub const HEAD_DIM: usize = 64;
 /// f32): well under the 128 MiB storage binding of software adapters and browsers.
 pub const MAX_SCORE_ELEMENTS: usize = 8 << 20;
 
-#[backend_extension(Cube, Fusion, NdArray, Autodiff)]
+#[backend_extension(Cube, Fusion, NdArray: cfg(feature = "native"), Autodiff: cfg(feature = "native"))]
 pub trait KernelOps: Backend {
     /// `softmax(scale · q kᵀ) v` for q, k, v `[B, H, N, 64]`: the differentiable entry point.
     #[fusion(dtype = q, shape = q)]
@@ -345,6 +347,7 @@ pub fn knn_update(
 
 /// [`knn_update`] by the exact CPU search of [`crate::curate::knn::TopK`] (SGEMM tiles, the
 /// same ranking), on the host: the reference of the kernel and its ndarray implementation.
+#[cfg(feature = "native")]
 pub fn knn_update_reference(
     queries: Tensor<2>,
     chunk: Tensor<2>,

@@ -60,7 +60,6 @@ impl Engine {
     /// this project's export). `name` stands for the file in error messages.
     pub async fn load(weights: Vec<u8>, name: String) -> Result<Engine, JsError> {
         let backbone = read_backbone_bytes(&name, weights, &LoadOptions::default()).map_err(js)?;
-        minimal_autotuning();
         let (device, setup) = Device::wgpu_options()
             .graphics_api(burn::tensor::wgpu::WgpuBackend::WebGpu)
             .init_with_setup_async()
@@ -157,16 +156,6 @@ impl Engine {
         let patch = data.convert::<f32>().try_into_vec::<f32>().map_err(|e| js(format!("{e:?}")))?;
         Ok(OneImage { prepared, patch, h: gh, w: gw })
     }
-}
-
-/// burn's autotuning times several candidate kernels for every new shape; on a software
-/// adapter (SwiftShader) that costs minutes per shape, so the page keeps it to a minimum.
-fn minimal_autotuning() {
-    use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig, autotune::AutotuneLevel};
-    let mut config = CubeClRuntimeConfig::default();
-    config.autotune.level = AutotuneLevel::Minimal;
-    // false where cubecl already read its configuration (a second model load): then it stays
-    let _ = CubeClRuntimeConfig::try_set(config);
 }
 
 fn png(image: &image::RgbImage) -> Result<Vec<u8>, JsError> {
