@@ -1,6 +1,8 @@
 //! [`KernelOps`] on burn's cubecl backend (wgpu): the WGSL kernels of `shaders/`, launched on
 //! the client, queue and memory pool burn's own kernels use.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::wgpu::{
     CubeBackend, CubeDim, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous,
@@ -36,11 +38,33 @@ impl KernelSource for Kernel {
     }
 }
 
-/// A 2-D grid of `groups` workgroups (at most 65535 per dimension); kernels flatten
-/// `wid.y * nwg.x + wid.x` and skip the padding.
+/// Workgroups per grid dimension that every adapter allows (WebGPU's
+/// `maxComputeWorkgroupsPerDimension` default; Vulkan, Metal and DX12 allow at least as many).
+pub const MAX_WORKGROUPS_PER_DIMENSION: u32 = 65535;
+
+static GRID_WIDTH: AtomicU32 = AtomicU32::new(MAX_WORKGROUPS_PER_DIMENSION);
+
+/// Narrows the grids of every later launch to `width` workgroups in x (0 restores
+/// [`MAX_WORKGROUPS_PER_DIMENSION`]), so small launches take the 2-D path that launches of more
+/// than 65535 workgroups need. Results do not change: each workgroup finds its tile from its
+/// flattened index. For tests, which would otherwise need 65536 workgroups (minutes on a
+/// software adapter).
+#[doc(hidden)]
+pub fn set_grid_width(width: u32) {
+    let width = if width == 0 { MAX_WORKGROUPS_PER_DIMENSION } else { width.min(MAX_WORKGROUPS_PER_DIMENSION) };
+    GRID_WIDTH.store(width, Ordering::Relaxed);
+}
+
+/// `(x, y)` workgroups covering `groups` with at most `width` in x; kernels flatten
+/// `wid.y * nwg.x + wid.x` and skip the indices past `groups`.
+pub fn grid_dims(groups: usize, width: u32) -> (u32, u32) {
+    let x = groups.clamp(1, width.max(1) as usize);
+    (x as u32, groups.div_ceil(x).max(1) as u32)
+}
+
 fn grid(groups: usize) -> CubeCount {
-    let x = groups.clamp(1, 65535);
-    CubeCount::Static(x as u32, groups.div_ceil(x).max(1) as u32, 1)
+    let (x, y) = grid_dims(groups, GRID_WIDTH.load(Ordering::Relaxed));
+    CubeCount::Static(x, y, 1)
 }
 
 fn empty(like: &CubeTensor, shape: Shape, dtype: DType) -> CubeTensor {

@@ -168,16 +168,53 @@ fn fused_attention_runs_are_bit_identical_on_wgpu() {
     }
 }
 
+/// What every kernel gives on wgpu for one set of inputs: attention output and gradients,
+/// Sinkhorn-Knopp targets, KoLeo neighbours, k-NN lists.
+fn every_kernel_once() -> (Vec<Vec<f32>>, Vec<i64>, Vec<(Vec<u32>, Vec<f32>)>) {
+    use dinov2_wgpu::backend::BackendKind;
+    use dinov2_wgpu::curate::knn::{Matrix, Search};
+    let device = wgpu_device();
+    let shape = [2, 3, 70, 64];
+    let mut floats = attention_with_grads(&device, AttentionImpl::Fused, shape, &attention_data(shape, 31)).to_vec();
+    let logits = normal(96 * 3000, 32);
+    floats.push(host(kernels::sinkhorn_knopp(tensor(&logits, [96, 3000], &device), 0.07, 3)));
+    let x = unit_rows(300, 48, 33);
+    let koleo = host_int(kernels::koleo_nearest(tensor(&x, [300, 48], &device)));
+    let (queries, database) = (unit_rows(200, 20, 34), unit_rows(300, 20, 35));
+    let search = Search::for_backend(BackendKind::Wgpu).expect("wgpu search");
+    let mut lists = search.lists(Matrix::new(&queries, 20), 5);
+    lists.update(Matrix::new(&database, 20), 0, None);
+    let found = lists.finish();
+    let knn = (0..200).map(|q| found.of(q)).map(|(i, s)| (i.to_vec(), s.to_vec())).collect();
+    (floats, koleo, knn)
+}
+
 #[test]
-fn fused_attention_over_more_than_65535_workgroups() {
-    // 66000 (batch, head) pairs of one workgroup each: the launch spills into a 2-D grid
-    let shape = [1, 66000, 2, 64];
-    let data = attention_data(shape, 31);
-    let want = attention_with_grads(&ndarray_device(), AttentionImpl::Reference, shape, &data);
-    let got = attention_with_grads(&wgpu_device(), AttentionImpl::Fused, shape, &data);
-    for (name, (g, w)) in ["out", "dq", "dk", "dv"].iter().zip(got.iter().zip(&want)) {
-        let e = err(g, w);
-        assert!(e <= 1e-4, "{name}: max abs error {e:.2e}");
+fn the_kernels_give_the_same_results_on_two_dimensional_grids() {
+    // A launch of more than 65535 workgroups spills into a 2-D grid whose last row is
+    // padding. Narrowing the grid to 3 workgroups in x sends these small launches, of every
+    // kernel, down that path (66000 real workgroups take minutes on lavapipe); the results
+    // must be the same bit for bit. (Other tests running meanwhile see the narrow grid too,
+    // and must pass with it as well.)
+    use dinov2_wgpu::kernels::wgsl::{MAX_WORKGROUPS_PER_DIMENSION, grid_dims, set_grid_width};
+    assert_eq!(grid_dims(66000, MAX_WORKGROUPS_PER_DIMENSION), (65535, 2));
+    assert_eq!(grid_dims(65535, MAX_WORKGROUPS_PER_DIMENSION), (65535, 1));
+    assert_eq!(grid_dims(10, 3), (3, 4));
+    let wide = every_kernel_once();
+    set_grid_width(3);
+    let narrow = std::panic::catch_unwind(every_kernel_once);
+    set_grid_width(0);
+    let narrow = narrow.expect("the kernels on a narrow grid");
+    for (i, (n, w)) in narrow.0.iter().zip(&wide.0).enumerate() {
+        assert_eq!(n, w, "float output {i} (attention out, dq, dk, dv, Sinkhorn) differs on a 2-D grid");
+    }
+    assert_eq!(narrow.1, wide.1, "KoLeo neighbours differ on a 2-D grid");
+    assert_eq!(narrow.2, wide.2, "k-NN lists differ on a 2-D grid");
+    // and the wide results are right: attention against its reference
+    let shape = [2, 3, 70, 64];
+    let want = attention_with_grads(&ndarray_device(), AttentionImpl::Reference, shape, &attention_data(shape, 31));
+    for (name, (g, w)) in ["out", "dq", "dk", "dv"].iter().zip(wide.0.iter().zip(&want)) {
+        assert!(err(g, w) <= 1e-4, "{name}: max abs error {:.2e}", err(g, w));
     }
 }
 
