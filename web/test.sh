@@ -17,19 +17,33 @@ as_root() {
 need=()
 command -v chromium >/dev/null || need+=(chromium)
 command -v node >/dev/null || need+=(nodejs)
-command -v npm >/dev/null || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
   echo "web/test.sh: installing ${need[*]}" >&2
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
 fi
 [ -f www/pkg/dinov2_web_bg.wasm ] || { echo "web/test.sh: no web/www/pkg: run web/build.sh first" >&2; exit 1; }
+mkdir -p target
+# playwright-core has no dependencies: its tarball from the npm registry, checked against the
+# registry's sha512, is all it needs (no npm, no browser download)
 if [ ! -d node_modules/playwright-core ]; then
-  npm install --silent --no-save --no-audit --no-fund playwright-core@1.65.1
+  node --input-type=module -e '
+    import { createHash } from "node:crypto";
+    import { writeFileSync } from "node:fs";
+    const [url, integrity, out] = process.argv.slice(1);
+    const body = Buffer.from(await (await fetch(url)).arrayBuffer());
+    const got = "sha512-" + createHash("sha512").update(body).digest("base64");
+    if (got !== integrity) { console.error(`${url}: integrity ${got}, expected ${integrity}`); process.exit(1); }
+    writeFileSync(out, body);' \
+    https://registry.npmjs.org/playwright-core/-/playwright-core-1.65.1.tgz \
+    sha512-hqPpz7blSMPxWVdoeE1yiBSzXsKiVOd2k+kjCvmUywD2GPO2Dd9HfcWnq9NN0GHbNZDFgZ9JfBFr+X5/BLo0qw== \
+    target/playwright-core.tgz
+  rm -rf target/playwright-core && mkdir -p target/playwright-core node_modules
+  tar -xzf target/playwright-core.tgz -C target/playwright-core --strip-components=1
+  mv target/playwright-core node_modules/playwright-core
 fi
 
 # the references: the native CLI on the CPU backend, same images, weights and sizing
-mkdir -p target
 native() {
   (cd .. && cargo run --release --quiet -- "$@" --weights assets/tiny-fashion-mnist.safetensors --size 112 \
     --backend ndarray)
