@@ -51,7 +51,8 @@ static GRID_WIDTH: AtomicU32 = AtomicU32::new(MAX_WORKGROUPS_PER_DIMENSION);
 /// software adapter).
 #[doc(hidden)]
 pub fn set_grid_width(width: u32) {
-    let width = if width == 0 { MAX_WORKGROUPS_PER_DIMENSION } else { width.min(MAX_WORKGROUPS_PER_DIMENSION) };
+    let width =
+        if width == 0 { MAX_WORKGROUPS_PER_DIMENSION } else { width.min(MAX_WORKGROUPS_PER_DIMENSION) };
     GRID_WIDTH.store(width, Ordering::Relaxed);
 }
 

@@ -115,8 +115,10 @@ fn attention_data(shape: [usize; 4], seed: u64) -> [Vec<f32>; 4] {
     [normal(n, seed), normal(n, seed + 1), normal(n, seed + 2), normal(n, seed + 3)]
 }
 
-/// Every sequence length of the issue, heads 3/6/24, batch 1 and 64.
-const ATTENTION_SHAPES: [[usize; 4]; 11] = [
+/// Every sequence length of the issue, heads 3/6/24, batch 1 and 64. (ViT-g's own shape at
+/// 518 px, 24 heads of 1374 tokens, would be three quarters of this test's time on lavapipe;
+/// the kernels index heads independently of the length, so 24 heads run at 197 and 1 tokens.)
+const ATTENTION_SHAPES: [[usize; 4]; 10] = [
     [1, 3, 1, 64],
     [1, 3, 17, 64],
     [64, 3, 17, 64],
@@ -127,7 +129,6 @@ const ATTENTION_SHAPES: [[usize; 4]; 11] = [
     [2, 6, 257, 64],
     [1, 3, 1370, 64],
     [1, 3, 1374, 64],
-    [1, 24, 1374, 64],
 ];
 
 fn check_attention(device: &Device) {
@@ -175,7 +176,8 @@ fn every_kernel_once() -> (Vec<Vec<f32>>, Vec<i64>, Vec<(Vec<u32>, Vec<f32>)>) {
     use dinov2_wgpu::curate::knn::{Matrix, Search};
     let device = wgpu_device();
     let shape = [2, 3, 70, 64];
-    let mut floats = attention_with_grads(&device, AttentionImpl::Fused, shape, &attention_data(shape, 31)).to_vec();
+    let mut floats =
+        attention_with_grads(&device, AttentionImpl::Fused, shape, &attention_data(shape, 31)).to_vec();
     let logits = normal(96 * 3000, 32);
     floats.push(host(kernels::sinkhorn_knopp(tensor(&logits, [96, 3000], &device), 0.07, 3)));
     let x = unit_rows(300, 48, 33);
@@ -212,7 +214,8 @@ fn the_kernels_give_the_same_results_on_two_dimensional_grids() {
     assert_eq!(narrow.2, wide.2, "k-NN lists differ on a 2-D grid");
     // and the wide results are right: attention against its reference
     let shape = [2, 3, 70, 64];
-    let want = attention_with_grads(&ndarray_device(), AttentionImpl::Reference, shape, &attention_data(shape, 31));
+    let want =
+        attention_with_grads(&ndarray_device(), AttentionImpl::Reference, shape, &attention_data(shape, 31));
     for (name, (g, w)) in ["out", "dq", "dk", "dv"].iter().zip(wide.0.iter().zip(&want)) {
         assert!(err(g, w) <= 1e-4, "{name}: max abs error {:.2e}", err(g, w));
     }
