@@ -171,7 +171,9 @@ fn fused_attention_runs_are_bit_identical_on_wgpu() {
 
 /// What every kernel gives on wgpu for one set of inputs: attention output and gradients,
 /// Sinkhorn-Knopp targets, KoLeo neighbours, k-NN lists.
-fn every_kernel_once() -> (Vec<Vec<f32>>, Vec<i64>, Vec<(Vec<u32>, Vec<f32>)>) {
+type KernelResults = (Vec<Vec<f32>>, Vec<i64>, Vec<(Vec<u32>, Vec<f32>)>);
+
+fn every_kernel_once() -> KernelResults {
     use dinov2_wgpu::backend::BackendKind;
     use dinov2_wgpu::curate::knn::{Matrix, Search};
     let device = wgpu_device();
