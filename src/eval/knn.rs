@@ -27,8 +27,26 @@ pub fn cls_features(
     device: &Device,
     bar: &ProgressBar,
 ) -> Result<Vec<f32>> {
-    let patch = model.config.patch_size;
     let mut out = Vec::with_capacity(data.len() * model.config.embed_dim);
+    for_each_batch(data, size, model.config.patch_size, batch_size, device, |images| {
+        let n = images.dims()[0];
+        out.extend(to_host(model.forward_features(images).cls)?);
+        bar.inc(n as u64);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Every image of `data` in order, resized (shorter side) and centre cropped to `size` px,
+/// normalised, as batches `[b, 3, size, size]` of at most `batch_size` on `device`.
+pub fn for_each_batch(
+    data: &Dataset,
+    size: usize,
+    patch: usize,
+    batch_size: usize,
+    device: &Device,
+    mut f: impl FnMut(Tensor<4>) -> Result<()>,
+) -> Result<()> {
     let indices: Vec<usize> = (0..data.len()).collect();
     for chunk in indices.chunks(batch_size.max(1)) {
         let prepared: Vec<Vec<f32>> = chunk
@@ -39,11 +57,9 @@ pub fn cls_features(
             })
             .collect::<Result<_>>()?;
         let pixels: Vec<f32> = prepared.concat();
-        let images = Tensor::<4>::from_data(TensorData::new(pixels, [chunk.len(), 3, size, size]), device);
-        out.extend(to_host(model.forward_features(images).cls)?);
-        bar.inc(chunk.len() as u64);
+        f(Tensor::<4>::from_data(TensorData::new(pixels, [chunk.len(), 3, size, size]), device))?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Raw pixels as features (the baseline): each image resized to `size`, normalised.

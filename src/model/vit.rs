@@ -176,14 +176,38 @@ impl DinoVisionTransformer {
         masks: Option<Tensor<2, Bool>>,
         drops: &[BlockDrop],
     ) -> Features {
-        let [b, _, height, width] = images.dims();
+        let [_, _, height, width] = images.dims();
         let p = self.config.patch_size;
         let (h, w) = (height / p, width / p);
         let mut x = self.prepare_tokens_with_masks(images, masks);
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward_train(x, drops.get(i));
         }
-        let x = self.norm.forward(x);
+        self.split(self.norm.forward(x), h, w)
+    }
+
+    /// The outputs of the last `n` blocks (official `get_intermediate_layers(x, n, norm=True)`):
+    /// each block's tokens through the final LayerNorm, split as [`Features`], oldest first.
+    /// `n` is capped at the depth.
+    pub fn forward_last_blocks(&self, images: Tensor<4>, n: usize) -> Vec<Features> {
+        let [_, _, height, width] = images.dims();
+        let p = self.config.patch_size;
+        let (h, w) = (height / p, width / p);
+        let first = self.blocks.len().saturating_sub(n);
+        let mut x = self.prepare_tokens(images);
+        let mut out = Vec::with_capacity(n.min(self.blocks.len()));
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward_train(x, None);
+            if i >= first {
+                out.push(self.split(self.norm.forward(x.clone()), h, w));
+            }
+        }
+        out
+    }
+
+    /// Tokens `[B, 1 + R + h*w, D]` split into CLS, registers and the patch grid.
+    fn split(&self, x: Tensor<3>, h: usize, w: usize) -> Features {
+        let b = x.dims()[0];
         let (d, r) = (self.config.embed_dim, self.config.num_register_tokens);
         Features {
             cls: x.clone().narrow(1, 0, 1).reshape([b, d]),

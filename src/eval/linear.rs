@@ -1,0 +1,420 @@
+//! The linear probe on frozen features (official `dinov2/eval/linear.py`).
+//!
+//! - Features are computed once per image and cached: the CLS token of each of the last 4
+//!   blocks and the average of the last block's patch tokens, every block's output through the
+//!   final LayerNorm (`get_intermediate_layers(x, 4, norm=True)`).
+//! - One linear head per setting × learning rate, all trained on the same batches
+//!   (`setup_linear_classifiers`): the head's input is the CLS of the last 1 or 4 blocks,
+//!   concatenated, with or without the average-pooled patch tokens appended
+//!   (`create_linear_input`); weights N(0, 0.01), zero bias; learning rates 1e-5 … 0.1
+//!   (13 values), each scaled by batch / 256 (`scale_lr`).
+//! - Cross-entropy, SGD with momentum 0.9 and no weight decay, cosine annealing to 0 over the
+//!   run (`CosineAnnealingLR(optimizer, max_iter, eta_min=0)`); official length 10 epochs of
+//!   1250 iterations of 128 images.
+//! - The head with the best top-1 on a held-out part of the training set is chosen (the
+//!   official script picks on its validation set); every head's test top-1 is reported.
+//!
+//! The heads of one setting are one `[D, heads · classes]` matrix, so a step is two matrix
+//! products on the chosen device; the cross-entropy gradient is written out
+//! (`(softmax − one-hot) / batch`), no autodiff is needed for a linear model.
+
+use burn::tensor::{Device, Distribution, Tensor, TensorData, activation};
+use indicatif::ProgressBar;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{Error, Result};
+use crate::features::to_host;
+use crate::model::DinoVisionTransformer;
+use crate::train::data::Dataset;
+
+/// The official learning rates (before scaling by batch / 256).
+pub const LEARNING_RATES: [f64; 13] =
+    [1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1];
+/// The official momentum.
+pub const MOMENTUM: f64 = 0.9;
+
+/// What a head sees: the CLS tokens of the last `blocks` blocks, and the average-pooled patch
+/// tokens of the last block when `avgpool`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Setting {
+    pub blocks: usize,
+    pub avgpool: bool,
+}
+
+/// The official sweep: last 1 or 4 blocks, with or without average pooling.
+pub const SETTINGS: [Setting; 4] = [
+    Setting { blocks: 1, avgpool: false },
+    Setting { blocks: 1, avgpool: true },
+    Setting { blocks: 4, avgpool: false },
+    Setting { blocks: 4, avgpool: true },
+];
+
+/// Cached frozen features of `n` images.
+#[derive(Clone, Debug)]
+pub struct ProbeFeatures {
+    pub n: usize,
+    pub d: usize,
+    /// Blocks whose CLS is kept (the last ones, oldest first).
+    pub blocks: usize,
+    /// `[n, blocks, d]`.
+    pub cls: Vec<f32>,
+    /// `[n, d]`: the mean of the last block's patch tokens.
+    pub avgpool: Vec<f32>,
+}
+
+impl ProbeFeatures {
+    /// From block outputs: `cls[j]` `[n, d]` for the last blocks (oldest first) and the last
+    /// block's patch tokens `[n, p, d]`.
+    pub fn from_blocks(cls: &[Vec<f32>], last_patches: &[f32], n: usize, d: usize) -> Result<Self> {
+        if cls.is_empty()
+            || cls.iter().any(|c| c.len() != n * d)
+            || n == 0
+            || last_patches.len() % (n * d) != 0
+        {
+            return Err(Error::Shape(format!(
+                "probe features: {} CLS blocks and {} patch values do not fit {n} images of width {d}",
+                cls.len(),
+                last_patches.len()
+            )));
+        }
+        let p = last_patches.len() / (n * d);
+        let blocks = cls.len();
+        let mut out = Self { n, d, blocks, cls: vec![0.0; n * blocks * d], avgpool: vec![0.0; n * d] };
+        for i in 0..n {
+            for (j, block) in cls.iter().enumerate() {
+                out.cls[(i * blocks + j) * d..(i * blocks + j + 1) * d]
+                    .copy_from_slice(&block[i * d..(i + 1) * d]);
+            }
+            let pooled = &mut out.avgpool[i * d..(i + 1) * d];
+            for t in 0..p {
+                let token = &last_patches[(i * p + t) * d..(i * p + t + 1) * d];
+                pooled.iter_mut().zip(token).for_each(|(a, v)| *a += v);
+            }
+            pooled.iter_mut().for_each(|a| *a /= p.max(1) as f32);
+        }
+        Ok(out)
+    }
+
+    /// The features of every image of `data`, resized (shorter side) and centre-cropped to
+    /// `size` px, in batches of `batch_size`.
+    pub fn extract(
+        model: &DinoVisionTransformer,
+        data: &Dataset,
+        size: usize,
+        batch_size: usize,
+        device: &Device,
+        bar: &ProgressBar,
+    ) -> Result<Self> {
+        let d = model.config.embed_dim;
+        let blocks = SETTINGS.iter().map(|s| s.blocks).max().unwrap_or(1).min(model.config.depth);
+        let mut cls = vec![Vec::new(); blocks];
+        let mut patches = Vec::new();
+        super::knn::for_each_batch(data, size, model.config.patch_size, batch_size, device, |images| {
+            let n = images.dims()[0];
+            let outputs = model.forward_last_blocks(images, blocks);
+            for (j, f) in outputs.iter().enumerate() {
+                cls[j].extend(to_host(f.cls.clone())?);
+            }
+            let last = outputs.last().expect("at least one block");
+            patches.extend(to_host(last.patch.clone().mean_dim(1).mean_dim(2).reshape([n, d]))?);
+            bar.inc(n as u64);
+            Ok(())
+        })?;
+        // the patch mean is already taken on the device: one "patch" per image
+        Self::from_blocks(&cls, &patches, data.len(), d)
+    }
+
+    /// The input of a head (official `create_linear_input`): `[n, dim]` and `dim`. A setting
+    /// asking for more blocks than were kept uses all of them.
+    pub fn input(&self, setting: Setting) -> (Vec<f32>, usize) {
+        let (d, blocks) = (self.d, setting.blocks.min(self.blocks));
+        let dim = d * blocks + if setting.avgpool { d } else { 0 };
+        let mut out = Vec::with_capacity(self.n * dim);
+        for i in 0..self.n {
+            let start = (i * self.blocks + self.blocks - blocks) * d;
+            out.extend_from_slice(&self.cls[start..start + blocks * d]);
+            if setting.avgpool {
+                out.extend_from_slice(&self.avgpool[i * d..(i + 1) * d]);
+            }
+        }
+        (out, dim)
+    }
+}
+
+/// Linear heads over one input, each with its own learning rate, trained together by SGD with
+/// momentum.
+pub struct LinearHeads {
+    pub dim: usize,
+    pub classes: usize,
+    pub lrs: Vec<f64>,
+    /// `[dim, heads · classes]`: head h's weight (PyTorch's `[classes, dim]`, transposed) in
+    /// columns `h·classes .. (h+1)·classes`.
+    pub weight: Tensor<2>,
+    /// `[1, heads · classes]`.
+    pub bias: Tensor<2>,
+    momentum_weight: Tensor<2>,
+    momentum_bias: Tensor<2>,
+    lr_columns: Tensor<2>,
+}
+
+impl LinearHeads {
+    /// Heads initialised as the official `LinearClassifier`: weights N(0, 0.01), bias 0.
+    pub fn new(dim: usize, classes: usize, lrs: &[f64], device: &Device) -> Self {
+        let width = lrs.len() * classes;
+        let weight = Tensor::random([dim, width], Distribution::Normal(0.0, 0.01), device);
+        Self::from_tensors(weight, Tensor::zeros([1, width], device), classes, lrs)
+    }
+
+    /// Heads starting from given weights `[dim, heads · classes]` and bias `[1, heads · classes]`.
+    pub fn from_tensors(weight: Tensor<2>, bias: Tensor<2>, classes: usize, lrs: &[f64]) -> Self {
+        let [dim, width] = weight.dims();
+        let device = weight.device();
+        let columns: Vec<f32> = lrs.iter().flat_map(|&lr| std::iter::repeat_n(lr as f32, classes)).collect();
+        Self {
+            dim,
+            classes,
+            lrs: lrs.to_vec(),
+            momentum_weight: Tensor::zeros([dim, width], &device),
+            momentum_bias: Tensor::zeros([1, width], &device),
+            lr_columns: Tensor::from_data(TensorData::new(columns, [1, width]), &device),
+            weight,
+            bias,
+        }
+    }
+
+    pub fn heads(&self) -> usize {
+        self.lrs.len()
+    }
+
+    /// The logits of every head, `[n, heads · classes]`.
+    pub fn logits(&self, x: Tensor<2>) -> Tensor<2> {
+        x.matmul(self.weight.clone()) + self.bias.clone()
+    }
+
+    /// One SGD step on a batch `x` `[b, dim]` with labels `labels`, every head's learning rate
+    /// multiplied by `lr_factor` (the schedule). PyTorch's SGD: `buf = m·buf + grad`,
+    /// `p -= lr·buf`.
+    pub fn step(&mut self, x: Tensor<2>, labels: &[usize], lr_factor: f64) {
+        let [b, _] = x.dims();
+        let (heads, classes) = (self.heads(), self.classes);
+        let device = x.device();
+        let mut one_hot = vec![0.0f32; b * classes];
+        for (i, &y) in labels.iter().enumerate() {
+            one_hot[i * classes + y] = 1.0;
+        }
+        let one_hot = Tensor::<3>::from_data(TensorData::new(one_hot, [b, 1, classes]), &device);
+        let probabilities = activation::softmax(self.logits(x.clone()).reshape([b, heads, classes]), 2);
+        let grad = (probabilities - one_hot).div_scalar(b as f64).reshape([b, heads * classes]);
+        let grad_weight = x.transpose().matmul(grad.clone());
+        let grad_bias = grad.sum_dim(0);
+        self.momentum_weight = self.momentum_weight.clone().mul_scalar(MOMENTUM) + grad_weight;
+        self.momentum_bias = self.momentum_bias.clone().mul_scalar(MOMENTUM) + grad_bias;
+        let lr = self.lr_columns.clone().mul_scalar(lr_factor);
+        self.weight = self.weight.clone() - self.momentum_weight.clone() * lr.clone();
+        self.bias = self.bias.clone() - self.momentum_bias.clone() * lr;
+    }
+
+    /// Top-1 accuracy of every head on `x` `[n, dim]` (row-major on the host).
+    pub fn top1(&self, x: &[f32], labels: &[usize], device: &Device) -> Result<Vec<f64>> {
+        let n = labels.len();
+        if n == 0 || x.len() != n * self.dim {
+            return Err(Error::Shape(format!(
+                "{} feature values for {n} images of width {}",
+                x.len(),
+                self.dim
+            )));
+        }
+        let (heads, classes) = (self.heads(), self.classes);
+        let mut correct = vec![0usize; heads];
+        let rows = 4096;
+        for (c, chunk) in x.chunks(rows * self.dim).enumerate() {
+            let m = chunk.len() / self.dim;
+            let t = Tensor::<2>::from_data(TensorData::new(chunk.to_vec(), [m, self.dim]), device);
+            let logits = to_host(self.logits(t))?;
+            for (r, row) in logits.chunks(heads * classes).enumerate() {
+                for (h, head) in row.chunks(classes).enumerate() {
+                    let predicted =
+                        head.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
+                    correct[h] += (predicted == labels[c * rows + r]) as usize;
+                }
+            }
+        }
+        Ok(correct.into_iter().map(|c| c as f64 / n as f64).collect())
+    }
+}
+
+/// The cosine annealing factor of iteration `t` of `total` (`CosineAnnealingLR`, eta_min 0).
+pub fn cosine_factor(t: usize, total: usize) -> f64 {
+    0.5 * (1.0 + (std::f64::consts::PI * t as f64 / total.max(1) as f64).cos())
+}
+
+/// How the probes are trained.
+#[derive(Clone, Debug)]
+pub struct ProbeOptions {
+    /// SGD iterations (official: 10 epochs × 1250).
+    pub iterations: usize,
+    /// Images per iteration (official: 128).
+    pub batch_size: usize,
+    /// The learning rates before scaling by batch / 256.
+    pub learning_rates: Vec<f64>,
+    /// The part of the training images held out to choose the head.
+    pub val_fraction: f64,
+    pub seed: u64,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        Self {
+            iterations: 12_500,
+            batch_size: 128,
+            learning_rates: LEARNING_RATES.to_vec(),
+            val_fraction: 0.1,
+            seed: 0,
+        }
+    }
+}
+
+/// One head's result.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct HeadResult {
+    pub blocks: usize,
+    pub avgpool: bool,
+    /// The learning rate before scaling (as in the official sweep's names).
+    pub lr: f64,
+    pub val_top1: f64,
+    pub test_top1: f64,
+}
+
+/// Every head's result and the chosen one.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ProbeReport {
+    pub heads: Vec<HeadResult>,
+    pub chosen: HeadResult,
+    pub train_images: usize,
+    pub val_images: usize,
+    pub test_images: usize,
+}
+
+/// Rows of `x` (`[n, dim]`) at `indices`.
+fn gather(x: &[f32], dim: usize, indices: &[usize]) -> Vec<f32> {
+    indices.iter().flat_map(|&i| x[i * dim..(i + 1) * dim].iter().copied()).collect()
+}
+
+/// Train every setting's heads on part of `train`, choose on the rest, report on `test`.
+/// `bar` advances by one per iteration of each setting.
+pub fn train_probes(
+    train: &ProbeFeatures,
+    train_labels: &[usize],
+    test: &ProbeFeatures,
+    test_labels: &[usize],
+    options: &ProbeOptions,
+    device: &Device,
+    bar: &ProgressBar,
+) -> Result<ProbeReport> {
+    if train.n != train_labels.len() || test.n != test_labels.len() {
+        return Err(Error::Shape("probe features and labels disagree in count".into()));
+    }
+    if train.n < 2 || test.n == 0 {
+        return Err(Error::Usage(
+            "the linear probe needs at least two training images and one test image".into(),
+        ));
+    }
+    if options.batch_size == 0 || options.iterations == 0 || options.learning_rates.is_empty() {
+        return Err(Error::Usage("the linear probe needs a batch, iterations and learning rates".into()));
+    }
+    if !(0.0..1.0).contains(&options.val_fraction) || options.val_fraction <= 0.0 {
+        return Err(Error::Usage(format!(
+            "the held-out fraction must be in (0, 1), not {}",
+            options.val_fraction
+        )));
+    }
+    if train.d != test.d {
+        return Err(Error::Shape(format!("train features are {}-wide, test features {}", train.d, test.d)));
+    }
+    let classes = train_labels.iter().chain(test_labels).max().map_or(0, |m| m + 1);
+    let mut order: Vec<usize> = (0..train.n).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(options.seed ^ 0x11_7ea2));
+    let n_val = ((train.n as f64 * options.val_fraction).round() as usize).clamp(1, train.n - 1);
+    let (val_idx, fit_idx) = order.split_at(n_val);
+    let fit_labels: Vec<usize> = fit_idx.iter().map(|&i| train_labels[i]).collect();
+    let val_labels: Vec<usize> = val_idx.iter().map(|&i| train_labels[i]).collect();
+    let scale = options.batch_size as f64 / 256.0;
+    let lrs: Vec<f64> = options.learning_rates.iter().map(|lr| lr * scale).collect();
+
+    let mut settings: Vec<Setting> = Vec::new();
+    for s in SETTINGS {
+        let effective = Setting { blocks: s.blocks.min(train.blocks), ..s };
+        if !settings.contains(&effective) {
+            settings.push(effective);
+        }
+    }
+    let mut heads = Vec::new();
+    for setting in settings {
+        let (x, dim) = train.input(setting);
+        let fit = gather(&x, dim, fit_idx);
+        let val = gather(&x, dim, val_idx);
+        device.seed(options.seed);
+        let mut probe = LinearHeads::new(dim, classes, &lrs, device);
+        // batches: a fresh permutation of the fitted images per pass (an infinite sampler)
+        let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
+        let mut perm: Vec<usize> = Vec::new();
+        let mut at = 0;
+        for t in 0..options.iterations {
+            let batch: Vec<usize> = (0..options.batch_size.min(fit_idx.len()))
+                .map(|_| {
+                    if at == perm.len() {
+                        perm = (0..fit_idx.len()).collect();
+                        perm.shuffle(&mut rng);
+                        at = 0;
+                    }
+                    at += 1;
+                    perm[at - 1]
+                })
+                .collect();
+            let rows = gather(&fit, dim, &batch);
+            let xb = Tensor::<2>::from_data(TensorData::new(rows, [batch.len(), dim]), device);
+            let yb: Vec<usize> = batch.iter().map(|&i| fit_labels[i]).collect();
+            probe.step(xb, &yb, cosine_factor(t, options.iterations));
+            bar.inc(1);
+        }
+        let val_top1 = probe.top1(&val, &val_labels, device)?;
+        let (test_x, _) = test.input(setting);
+        let test_top1 = probe.top1(&test_x, test_labels, device)?;
+        for (h, lr) in options.learning_rates.iter().enumerate() {
+            if !val_top1[h].is_finite() {
+                continue;
+            }
+            heads.push(HeadResult {
+                blocks: setting.blocks,
+                avgpool: setting.avgpool,
+                lr: *lr,
+                val_top1: val_top1[h],
+                test_top1: test_top1[h],
+            });
+        }
+    }
+    let chosen = heads
+        .iter()
+        .fold(None::<&HeadResult>, |best, h| match best {
+            Some(b) if b.val_top1 >= h.val_top1 => Some(b),
+            _ => Some(h),
+        })
+        .cloned()
+        .ok_or_else(|| Error::Training("no linear head could be trained".into()))?;
+    Ok(ProbeReport { heads, chosen, train_images: fit_idx.len(), val_images: n_val, test_images: test.n })
+}
+
+/// The best head of each setting (by held-out top-1), in sweep order.
+pub fn best_per_setting(report: &ProbeReport) -> Vec<HeadResult> {
+    let mut out: Vec<HeadResult> = Vec::new();
+    for h in &report.heads {
+        match out.iter_mut().find(|b| b.blocks == h.blocks && b.avgpool == h.avgpool) {
+            Some(b) if b.val_top1 >= h.val_top1 => {}
+            Some(b) => *b = h.clone(),
+            None => out.push(h.clone()),
+        }
+    }
+    out
+}

@@ -1,0 +1,210 @@
+//! The linear probe: parity with the official `dinov2/eval/linear.py` training (fixture from
+//! tests/reference/make_linear_probe_fixture.py), synthetic separable features, the command line.
+
+use burn::tensor::{Tensor, TensorData};
+use dinov2_wgpu::eval::linear::{
+    LinearHeads, ProbeFeatures, ProbeOptions, SETTINGS, Setting, cosine_factor, train_probes,
+};
+use indicatif::ProgressBar;
+
+use crate::common::*;
+
+fn fixture() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/linear/probe.safetensors")
+}
+
+#[test]
+fn linear_heads_train_as_the_official_probe() {
+    let path = fixture();
+    let device = ndarray_device();
+    let cls: Vec<Vec<f32>> = (0..4).map(|j| read_tensor(&path, &format!("cls.{j}")).1).collect();
+    let (patch_shape, patch) = read_tensor(&path, "patch");
+    let (n, d) = (patch_shape[0], patch_shape[2]);
+    let labels: Vec<usize> = read_tensor(&path, "labels").1.iter().map(|&v| v as usize).collect();
+    let (batch_shape, batches) = read_tensor(&path, "batches");
+    let (iterations, batch) = (batch_shape[0], batch_shape[1]);
+    let lrs = [0.01, 0.3, 2.0];
+    let classes = 3;
+    let features = ProbeFeatures::from_blocks(&cls, &patch, n, d).unwrap();
+    for setting in SETTINGS {
+        let s = format!("{}_{}", setting.blocks, setting.avgpool as u8);
+        // the head's input (official create_linear_input)
+        let (input, dim) = features.input(setting);
+        assert_close(&format!("input {s}"), &input, &read_tensor(&path, &format!("input.{s}")).1, 1e-6);
+        // the heads from the fixture's initial weights, trained on the fixture's batches
+        let mut weight = vec![0.0f32; dim * lrs.len() * classes];
+        for h in 0..lrs.len() {
+            let init = read_tensor(&path, &format!("init_weight.{s}.{h}")).1; // [C, dim]
+            for c in 0..classes {
+                for i in 0..dim {
+                    weight[i * lrs.len() * classes + h * classes + c] = init[c * dim + i];
+                }
+            }
+        }
+        let weight = Tensor::<2>::from_data(TensorData::new(weight, [dim, lrs.len() * classes]), &device);
+        let bias = Tensor::<2>::zeros([1, lrs.len() * classes], &device);
+        let mut heads = LinearHeads::from_tensors(weight, bias, classes, &lrs);
+        for t in 0..iterations {
+            let idx: Vec<usize> = batches[t * batch..(t + 1) * batch].iter().map(|&v| v as usize).collect();
+            let rows: Vec<f32> = idx.iter().flat_map(|&i| input[i * dim..(i + 1) * dim].to_vec()).collect();
+            let x = Tensor::<2>::from_data(TensorData::new(rows, [batch, dim]), &device);
+            let y: Vec<usize> = idx.iter().map(|&i| labels[i]).collect();
+            heads.step(x, &y, cosine_factor(t, iterations));
+        }
+        let got_weight = heads.weight.clone().into_data().try_to_vec::<f32>().unwrap();
+        let got_bias = heads.bias.clone().into_data().try_to_vec::<f32>().unwrap();
+        for h in 0..lrs.len() {
+            let expected = read_tensor(&path, &format!("weight.{s}.{h}")).1;
+            let got: Vec<f32> = (0..classes)
+                .flat_map(|c| (0..dim).map(move |i| (c, i)))
+                .map(|(c, i)| got_weight[i * lrs.len() * classes + h * classes + c])
+                .collect();
+            assert_close(&format!("weight {s} lr {}", lrs[h]), &got, &expected, 2e-5);
+            let expected = read_tensor(&path, &format!("bias.{s}.{h}")).1;
+            assert_close(
+                &format!("bias {s} lr {}", lrs[h]),
+                &got_bias[h * classes..(h + 1) * classes],
+                &expected,
+                2e-5,
+            );
+        }
+    }
+}
+
+/// `n` points per class around 10 random centres in 32 dimensions, 4 "blocks" of noisy copies.
+fn clusters(n: usize, seed: u64, shuffle_labels: bool) -> (ProbeFeatures, Vec<usize>) {
+    let (classes, d) = (10, 32);
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut normal = move || {
+        let (a, b) = (uniform().max(1e-12), uniform());
+        ((-2.0 * a.ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos()) as f32
+    };
+    // the centres come from a fixed stream: train and test share them
+    let mut centre_rng = {
+        let mut st = 0x5eed_u64;
+        move || {
+            st ^= st << 13;
+            st ^= st >> 7;
+            st ^= st << 17;
+            ((st >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
+        }
+    };
+    let centres: Vec<f32> = (0..classes * d).map(|_| 2.0 * centre_rng()).collect();
+    let mut labels = Vec::new();
+    let mut cls = vec![Vec::new(); 4];
+    let mut patch = Vec::new();
+    for i in 0..n * classes {
+        let k = i % classes;
+        labels.push(k);
+        for block in cls.iter_mut() {
+            block.extend((0..d).map(|j| centres[k * d + j] + 0.5 * normal()));
+        }
+        patch.extend((0..d).map(|_| normal()));
+    }
+    if shuffle_labels {
+        let m = labels.len();
+        for i in (1..m).rev() {
+            let j = (uniform() * (i + 1) as f64) as usize % (i + 1);
+            labels.swap(i, j);
+        }
+    }
+    (ProbeFeatures::from_blocks(&cls, &patch, n * classes, d).unwrap(), labels)
+}
+
+#[test]
+fn linear_probe_separates_synthetic_classes_and_not_random_labels() {
+    let device = ndarray_device();
+    let options = ProbeOptions { iterations: 300, batch_size: 64, ..ProbeOptions::default() };
+    let (train, train_labels) = clusters(100, 1, false);
+    let (test, test_labels) = clusters(50, 2, false);
+    let bar = ProgressBar::hidden();
+    let report = train_probes(&train, &train_labels, &test, &test_labels, &options, &device, &bar).unwrap();
+    assert_eq!(report.heads.len(), SETTINGS.len() * options.learning_rates.len());
+    eprintln!("chosen {:?}", report.chosen);
+    assert!(report.chosen.test_top1 >= 0.99, "{:?}", report.chosen);
+    // the smallest learning rates barely move the heads from their init: the sweep matters
+    let slowest = report.heads.iter().filter(|h| h.lr == 1e-5).map(|h| h.test_top1).fold(0.0, f64::max);
+    assert!(slowest < report.chosen.test_top1, "lr 1e-5 reached {slowest}");
+    // random labels: nothing to learn, the held-out choice does not overfit into accuracy
+    let (train, train_labels) = clusters(100, 1, true);
+    let report = train_probes(&train, &train_labels, &test, &test_labels, &options, &device, &bar).unwrap();
+    assert!(report.chosen.test_top1 < 0.3, "{:?}", report.chosen);
+    // a setting's input is CLS of the last blocks (+ pooled patches)
+    assert_eq!(train.input(Setting { blocks: 4, avgpool: true }).1, 5 * 32);
+    assert_eq!(train.input(Setting { blocks: 1, avgpool: false }).1, 32);
+}
+
+#[test]
+fn eval_linear_from_the_command_line() {
+    let dir = Scratch::new("linear-cli");
+    let (train, test) = (dir.join("train"), dir.join("test"));
+    // two classes: dark and bright images
+    for (root, n) in [(&train, 12), (&test, 6)] {
+        for k in 0..2u8 {
+            let class_dir = root.join(format!("class{k}"));
+            std::fs::create_dir_all(&class_dir).unwrap();
+            for i in 0..n {
+                let img = image::RgbImage::from_fn(28, 28, |x, y| {
+                    let v = 40 + 150 * k + ((x * 7 + y * 3 + i * 11) % 40) as u8;
+                    image::Rgb([v, v, v])
+                });
+                img.save(class_dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+    let json = dir.join("linear.json");
+    let args = [
+        "eval",
+        "linear",
+        "--arch",
+        "tiny",
+        "--size",
+        "28",
+        "--train",
+        s(&train),
+        "--test",
+        s(&test),
+        "--iterations",
+        "40",
+        "--batch-size",
+        "8",
+        "--val-fraction",
+        "0.25",
+        "--backend",
+        "ndarray",
+        "--json",
+        s(&json),
+    ];
+    let run = dinov2(&args);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.contains("chosen: last"), "{stdout}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["heads"].as_array().unwrap().len(), 52, "{v}");
+    assert_eq!(v["best_per_setting"].as_array().unwrap().len(), 4, "{v}");
+    assert_eq!(v["val_images"].as_u64(), Some(6));
+    assert_eq!(v["top1"], v["chosen"]["test_top1"]);
+    let top1 = v["top1"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&top1));
+
+    // bad input: one line, non-zero exit, nothing written
+    let bad = dir.join("bad.json");
+    for (flag, value) in [("--val-fraction", "1.5"), ("--iterations", "0"), ("--train", "nowhere")] {
+        let mut args = args.to_vec();
+        let at = args.iter().position(|a| *a == flag).unwrap();
+        args[at + 1] = value;
+        let last = args.len() - 1;
+        args[last] = s(&bad);
+        let run = dinov2(&args);
+        assert!(!run.status.success(), "{flag} {value}");
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{flag} {value}: {stderr}");
+        assert!(!bad.exists());
+    }
+}
