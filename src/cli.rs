@@ -45,6 +45,9 @@ pub enum Command {
     },
     /// Self-supervised pretraining with the DINOv2 recipe (DINO + iBOT + KoLeo, EMA teacher).
     Train(TrainArgs),
+    /// Distillation: a student trained with the same losses against a frozen pretrained
+    /// teacher's targets; the student's EMA is the model released.
+    Distill(DistillArgs),
     /// Frozen-feature evaluation.
     #[command(subcommand)]
     Eval(EvalCommand),
@@ -64,16 +67,41 @@ pub struct TrainArgs {
     /// Recipe preset: tiny (small images, short runs) or an official architecture (vits14 ...).
     #[arg(long, default_value = "tiny")]
     pub preset: String,
+    /// A complete recipe as JSON (see --print-config), instead of --preset.
+    #[arg(long, conflicts_with = "preset")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct DistillArgs {
+    /// The frozen teacher: a run folder or training checkpoint of this project (its EMA
+    /// teacher, heads included), or any backbone --weights accepts (official .pth, HuggingFace
+    /// folder, exported safetensors; its heads are then initialised from the seed and frozen).
+    #[arg(long)]
+    pub teacher: PathBuf,
+    /// The student's recipe preset (stochastic depth off, as in the paper's distillation).
+    #[arg(long, default_value = "tiny")]
+    pub student_preset: String,
+    /// The student's complete recipe as JSON, instead of --student-preset.
+    #[arg(long, conflicts_with = "student_preset")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// What `train` and `distill` share: data, run folder, length, resume, device.
+#[derive(Args, Debug)]
+pub struct RunArgs {
     /// Images: a folder (searched recursively; PNG, JPEG), fashion-mnist-train or
     /// fashion-mnist-test. Default: the bundled sample photographs.
     #[arg(long)]
     pub data: Option<String>,
-    /// A complete recipe as JSON (see --print-config), instead of --preset.
-    #[arg(long, conflicts_with = "preset")]
-    pub config: Option<PathBuf>,
-    /// Run folder: config.json, metrics.jsonl, checkpoint.safetensors, teacher_backbone.safetensors.
-    #[arg(long, default_value = "runs/tiny")]
-    pub out: PathBuf,
+    /// Run folder: config.json, metrics.jsonl, checkpoint.safetensors, teacher_backbone.safetensors
+    /// (default: runs/tiny for train, runs/distill for distill).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Stop after this many minutes (a checkpoint is written).
     #[arg(long)]
     pub max_minutes: Option<f64>,
@@ -98,7 +126,7 @@ pub struct TrainArgs {
     /// Print the recipe as JSON and exit.
     #[arg(long)]
     pub print_config: bool,
-    /// Keep the teacher backbone of every checkpoint in RUN_DIR/snapshots/ (learning curves).
+    /// Keep the EMA backbone of every checkpoint in RUN_DIR/snapshots/ (learning curves).
     #[arg(long)]
     pub keep_snapshots: bool,
     /// Compute backend: auto (wgpu on a hardware GPU, else ndarray), wgpu or ndarray.
@@ -114,6 +142,54 @@ pub enum EvalCommand {
     /// k-NN classification on frozen CLS features (official protocol: cosine, T = 0.07,
     /// k = 10/20/100/200, weighted vote).
     Knn(KnnArgs),
+    /// Linear probes on frozen features (official sweep: CLS of the last 1 or 4 blocks, with or
+    /// without average-pooled patch tokens, 13 learning rates; SGD, momentum 0.9, cosine),
+    /// the head chosen on a held-out part of --train.
+    Linear(LinearArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LinearArgs {
+    /// Weights: a training run folder or its checkpoint (the teacher is evaluated), or any
+    /// backbone `--weights` accepts. Without it: --arch at initialisation (seed 0).
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Architecture without --weights.
+    #[arg(long, default_value = "tiny")]
+    pub arch: String,
+    /// Training set: fashion-mnist-train, fashion-mnist-test or a folder with one sub-folder per class.
+    #[arg(long)]
+    pub train: String,
+    /// Test set, as --train.
+    #[arg(long)]
+    pub test: String,
+    /// Square input size; default: the run's global crop size, 224 for other weights.
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// Use only the first N images of --train.
+    #[arg(long)]
+    pub limit_train: Option<usize>,
+    /// Use only the first N images of --test.
+    #[arg(long)]
+    pub limit_test: Option<usize>,
+    /// SGD iterations (official: 12500, 10 epochs of 1250).
+    #[arg(long, default_value_t = 12_500)]
+    pub iterations: usize,
+    /// Images per SGD iteration (official: 128); learning rates are scaled by it / 256.
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// The part of --train held out to choose the head.
+    #[arg(long, default_value_t = 0.1)]
+    pub val_fraction: f64,
+    /// Also write every head's and the chosen head's top-1 to this JSON file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Images per forward pass while caching features.
+    #[arg(long, default_value_t = 256)]
+    pub feature_batch_size: usize,
+    /// Compute backend: auto, wgpu or ndarray.
+    #[arg(long, default_value = "auto")]
+    pub backend: String,
 }
 
 #[derive(Args, Debug)]
@@ -347,7 +423,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Info(args) => info(args),
         Command::Presets { name } => presets(name),
         Command::Train(args) => train_command(args),
+        Command::Distill(args) => distill_command(args),
         Command::Eval(EvalCommand::Knn(args)) => knn_command(args),
+        Command::Eval(EvalCommand::Linear(args)) => linear_command(args),
         Command::Bench(BenchCommand::Embed(args)) => bench_embed(args),
         Command::Bench(BenchCommand::Kernels(args)) => bench_kernels(args),
         Command::Bench(BenchCommand::Train(args)) => bench_train(args),
@@ -583,11 +661,60 @@ fn open_device(name: &str) -> Result<Device> {
 }
 
 fn train_command(args: TrainArgs) -> Result<()> {
-    use crate::train::{RunOptions, TrainConfig};
-    let mut config = match &args.config {
+    use crate::train::TrainConfig;
+    let config = match &args.config {
         Some(path) => TrainConfig::from_json_file(path)?,
         None => TrainConfig::preset(&args.preset)?,
     };
+    let label = if args.config.is_some() { "--config".to_string() } else { args.preset.clone() };
+    run_recipe(config, &label, args.config.is_some(), &args.run, "runs/tiny")
+}
+
+fn distill_command(args: DistillArgs) -> Result<()> {
+    use crate::train::TrainConfig;
+    use crate::train::config::Distillation;
+    let mut config = match &args.config {
+        Some(path) => TrainConfig::from_json_file(path)?,
+        None => {
+            let mut c = TrainConfig::preset(&args.student_preset)?;
+            c.drop_path_rate = 0.0;
+            c
+        }
+    };
+    // the student predicts the teacher's prototypes: its heads take the teacher run's K
+    if let Some(teacher) = crate::train::trainer::run_config(&args.teacher) {
+        config.dino_head.n_prototypes = teacher.dino_head.n_prototypes;
+        config.ibot_separate_head = teacher.ibot_separate_head;
+        config.ibot_head.n_prototypes = if teacher.ibot_separate_head {
+            teacher.ibot_head.n_prototypes
+        } else {
+            teacher.dino_head.n_prototypes
+        };
+    } else if !args.teacher.exists() {
+        return Err(Error::Usage(format!("{}: no such teacher", args.teacher.display())));
+    }
+    crate::train::trainer::check_teacher(&args.teacher, &config)?;
+    config.distillation = Some(Distillation { teacher: args.teacher.clone() });
+    let label = if args.config.is_some() { "--config".to_string() } else { args.student_preset.clone() };
+    run_recipe(
+        config,
+        &format!("{label} from {}", args.teacher.display()),
+        args.config.is_some(),
+        &args.run,
+        "runs/distill",
+    )
+}
+
+/// Train `config` (with the command line's overrides) as `args` says.
+fn run_recipe(
+    mut config: crate::train::TrainConfig,
+    label: &str,
+    explicit_config: bool,
+    args: &RunArgs,
+    default_out: &str,
+) -> Result<()> {
+    use crate::train::{RunOptions, TrainConfig};
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from(default_out));
     if let Some(b) = args.batch_size {
         config.batch_size = b;
     }
@@ -604,8 +731,8 @@ fn train_command(args: TrainArgs) -> Result<()> {
     }
     if args.resume {
         // the run's own recipe, unless the user gave one explicitly
-        let saved = args.out.join(crate::train::trainer::CONFIG);
-        if args.config.is_none() && saved.exists() {
+        let saved = out.join(crate::train::trainer::CONFIG);
+        if !explicit_config && saved.exists() {
             config = TrainConfig::from_json_file(&saved)?;
         }
     }
@@ -613,17 +740,17 @@ fn train_command(args: TrainArgs) -> Result<()> {
     let data = crate::train::data::Dataset::open(&data_spec)?;
     let device = open_device(&args.backend)?;
     eprintln!(
-        "training {} ({:.1}M backbone parameters) on {} ({} images), {} steps of {} images, into {}",
-        if args.config.is_some() { "--config" } else { args.preset.as_str() },
+        "{} {label} ({:.1}M backbone parameters) on {} ({} images), {} steps of {} images, into {}",
+        if config.distillation.is_some() { "distilling" } else { "training" },
         config.arch.num_params() as f64 / 1e6,
         data.name(),
         data.len(),
         config.total_steps,
         config.batch_size,
-        args.out.display()
+        out.display()
     );
     let options = RunOptions {
-        out: args.out.clone(),
+        out: out.clone(),
         max_steps: args.steps,
         max_minutes: args.max_minutes,
         resume: args.resume,
@@ -633,12 +760,13 @@ fn train_command(args: TrainArgs) -> Result<()> {
     };
     let summary = crate::train::train(&config, &data, &device, &options)?;
     eprintln!(
-        "{} steps, {:.1} images/s{}; checkpoint {}, teacher backbone {}",
+        "{} steps, {:.1} images/s{}; checkpoint {}, {} backbone {}",
         summary.steps_done,
         summary.images_per_second,
         summary.last_loss.map(|l| format!(", last loss {:.4}", l.total)).unwrap_or_default(),
         summary.checkpoint.display(),
-        args.out.join(crate::train::trainer::TEACHER_BACKBONE).display()
+        if config.distillation.is_some() { "the student's EMA" } else { "teacher" },
+        out.join(crate::train::trainer::TEACHER_BACKBONE).display()
     );
     Ok(())
 }
@@ -652,7 +780,6 @@ fn knn_command(args: KnnArgs) -> Result<()> {
     if args.batch_size == 0 {
         return Err(Error::Usage("--batch-size must be at least 1".into()));
     }
-    let run_size = args.weights.as_deref().and_then(crate::train::trainer::run_crop_size);
     let mut train = Dataset::open(&args.train)?;
     let mut test = Dataset::open(&args.test)?;
     if let Some(n) = args.limit_train {
@@ -663,27 +790,20 @@ fn knn_command(args: KnnArgs) -> Result<()> {
     }
     let train_labels = train.require_labels()?.to_vec();
     let test_labels = test.require_labels()?.to_vec();
-    let device = open_device(&args.backend)?;
-    let (train_features, test_features, d) = if args.raw_pixels {
+    let (train_features, test_features, d, device) = if args.raw_pixels {
+        let device = open_device(&args.backend)?;
         let size = args.size.unwrap_or(28);
         let a = knn::pixel_features(&train, size)?;
         let b = knn::pixel_features(&test, size)?;
-        (a, b, 3 * size * size)
+        (a, b, 3 * size * size, device)
     } else {
-        let model_args = ModelArgs {
-            weights: args.weights.clone(),
-            arch: args.weights.is_none().then(|| args.arch.clone()),
-            config: None,
-            interpolation: None,
-            backend: args.backend.clone(),
-        };
-        let (model, _) = load_model(&model_args)?;
-        let size = args.size.or(run_size).unwrap_or(224);
+        let (model, device, size) =
+            eval_model(args.weights.as_deref(), &args.arch, args.size, &args.backend)?;
         let bar = progress_bar(train.len() + test.len(), "features");
         let a = knn::cls_features(&model, &train, size, args.batch_size, &device, &bar)?;
         let b = knn::cls_features(&model, &test, size, args.batch_size, &device, &bar)?;
         bar.finish_and_clear();
-        (a, b, model.config.embed_dim)
+        (a, b, model.config.embed_dim, device)
     };
     let results = knn::knn_top1(
         &train_features,
@@ -702,6 +822,129 @@ fn knn_command(args: KnnArgs) -> Result<()> {
     }
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&serde_json::json!({ "top1": top1 })).expect("json");
+        crate::io::write_atomic(path, text.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// The model `eval` commands evaluate and its input size: `weights` (a run, a checkpoint, any
+/// backbone) or `arch` at initialisation.
+fn eval_model(
+    weights: Option<&Path>,
+    arch: &str,
+    size: Option<usize>,
+    backend: &str,
+) -> Result<(DinoVisionTransformer, Device, usize)> {
+    let model_args = ModelArgs {
+        weights: weights.map(Path::to_path_buf),
+        arch: weights.is_none().then(|| arch.to_string()),
+        config: None,
+        interpolation: None,
+        backend: backend.to_string(),
+    };
+    let (model, device) = load_model(&model_args)?;
+    let run_size = weights.and_then(crate::train::trainer::run_crop_size);
+    Ok((model, device, size.or(run_size).unwrap_or(224)))
+}
+
+fn linear_command(args: LinearArgs) -> Result<()> {
+    use crate::eval::linear::{ProbeFeatures, ProbeOptions, best_per_setting, train_probes};
+    use crate::train::data::Dataset;
+    if let Some(path) = &args.json {
+        check_output_dir(path)?;
+    }
+    if args.batch_size == 0 || args.feature_batch_size == 0 || args.iterations == 0 {
+        return Err(Error::Usage(
+            "--batch-size, --feature-batch-size and --iterations must be at least 1".into(),
+        ));
+    }
+    if !(args.val_fraction > 0.0 && args.val_fraction < 1.0) {
+        return Err(Error::Usage(format!(
+            "--val-fraction must be between 0 and 1, not {}",
+            args.val_fraction
+        )));
+    }
+    let mut train = Dataset::open(&args.train)?;
+    let mut test = Dataset::open(&args.test)?;
+    if let Some(n) = args.limit_train {
+        train.truncate(n);
+    }
+    if let Some(n) = args.limit_test {
+        test.truncate(n);
+    }
+    let train_labels = train.require_labels()?.to_vec();
+    let test_labels = test.require_labels()?.to_vec();
+    let (model, device, size) = eval_model(args.weights.as_deref(), &args.arch, args.size, &args.backend)?;
+    let started = Instant::now();
+    let bar = progress_bar(train.len() + test.len(), "features");
+    let train_features =
+        ProbeFeatures::extract(&model, &train, size, args.feature_batch_size, &device, &bar)?;
+    let test_features = ProbeFeatures::extract(&model, &test, size, args.feature_batch_size, &device, &bar)?;
+    bar.finish_and_clear();
+    eprintln!(
+        "features of {} + {} images cached in {:.0} s (CLS of the last {} blocks + pooled patches, {} wide)",
+        train.len(),
+        test.len(),
+        started.elapsed().as_secs_f64(),
+        train_features.blocks,
+        train_features.d
+    );
+    let options = ProbeOptions {
+        iterations: args.iterations,
+        batch_size: args.batch_size,
+        val_fraction: args.val_fraction,
+        ..ProbeOptions::default()
+    };
+    let settings = crate::eval::linear::SETTINGS.len() as u64;
+    let bar = ProgressBar::new(settings * args.iterations as u64);
+    bar.set_style(
+        ProgressStyle::with_template("linear heads [{bar:30}] {pos}/{len} iterations, eta {eta}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    let report =
+        train_probes(&train_features, &train_labels, &test_features, &test_labels, &options, &device, &bar)?;
+    bar.finish_and_clear();
+    println!(
+        "linear probe: {} heads trained on {} images, chosen on {} held out, tested on {}",
+        report.heads.len(),
+        report.train_images,
+        report.val_images,
+        report.test_images
+    );
+    println!("{:<8} {:<8} {:>9} {:>9} {:>9}", "blocks", "avgpool", "best lr", "held-out", "test");
+    let best = best_per_setting(&report);
+    for h in &best {
+        println!(
+            "{:<8} {:<8} {:>9.0e} {:>8.2}% {:>8.2}%",
+            h.blocks,
+            if h.avgpool { "yes" } else { "no" },
+            h.lr,
+            100.0 * h.val_top1,
+            100.0 * h.test_top1
+        );
+    }
+    let c = &report.chosen;
+    println!(
+        "chosen: last {} block(s){}, lr {:.0e}: top-1 {:.2}%",
+        c.blocks,
+        if c.avgpool { " + avgpool" } else { "" },
+        c.lr,
+        100.0 * c.test_top1
+    );
+    if let Some(path) = &args.json {
+        let value = serde_json::json!({
+            "top1": c.test_top1,
+            "chosen": c,
+            "best_per_setting": best,
+            "heads": report.heads,
+            "iterations": args.iterations,
+            "batch_size": args.batch_size,
+            "train_images": report.train_images,
+            "val_images": report.val_images,
+            "test_images": report.test_images,
+        });
+        let text = serde_json::to_string_pretty(&value).expect("json");
         crate::io::write_atomic(path, text.as_bytes())?;
     }
     Ok(())

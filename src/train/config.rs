@@ -109,6 +109,24 @@ pub struct TrainConfig {
     /// mixed where the adapter supports f16.
     #[serde(default)]
     pub precision: Precision,
+    /// Distillation from a frozen pretrained teacher instead of self-distillation from the
+    /// EMA (`dinov2 distill`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distillation: Option<Distillation>,
+}
+
+/// Distillation (the paper's recipe for its smaller models, §5 and appendix): the same losses,
+/// but the targets come from a frozen pretrained teacher; the student sees unmasked global crops
+/// and iBOT applies to all their patch tokens; no stochastic depth (`dinov2 distill` sets
+/// `drop_path_rate` to 0); the EMA of the student is kept and is the model released.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Distillation {
+    /// The teacher: a run folder or training checkpoint of this project (backbone and heads
+    /// are used), or any backbone the loaders read (official .pth, HuggingFace folder,
+    /// exported safetensors), whose heads are then initialised from `seed` and stay frozen.
+    /// It must use the student's patch size (iBOT pairs their patch tokens).
+    pub teacher: std::path::PathBuf,
 }
 
 impl TrainConfig {
@@ -183,6 +201,7 @@ impl TrainConfig {
             seed: 0,
             checkpoint_every: 1250,
             precision: Precision::Auto,
+            distillation: None,
         }
     }
 

@@ -63,6 +63,11 @@ impl DinoHead {
         }
     }
 
+    /// K, the number of prototypes.
+    pub fn n_prototypes(&self) -> usize {
+        self.last_layer_g.dims()[0]
+    }
+
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let last = self.mlp.len() - 1;
         let mut x = x;

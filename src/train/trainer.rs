@@ -51,7 +51,7 @@ impl SslModel {
         }
     }
 
-    fn ibot_head(&self) -> &DinoHead {
+    pub fn ibot_head(&self) -> &DinoHead {
         self.ibot_head.as_ref().unwrap_or(&self.dino_head)
     }
 }
@@ -106,7 +106,9 @@ pub struct Batch {
     pub locals: Vec<f32>,
     pub global_size: usize,
     pub local_size: usize,
-    /// One mask per global crop (row-major patch grid), official collate order.
+    /// One mask per global crop (row-major patch grid), official collate order: the patch
+    /// tokens the iBOT loss covers (all of them in distillation, where the student sees no
+    /// mask token).
     pub masks: Vec<Vec<bool>>,
     /// Efficient stochastic depth: the kept samples of every block, for the global and the
     /// local student passes.
@@ -183,8 +185,13 @@ pub fn make_batch(c: &TrainConfig, data: &Dataset, indices: &[usize], step: usiz
     }
     let mut rng = step_rng(c.seed, step, 0);
     let grid = crops_config.global_size / c.arch.patch_size;
-    let generator = MaskGenerator::new(grid, grid);
-    let masks = collate_masks(2 * b, &generator, c.mask_ratio, c.mask_sample_probability, &mut rng);
+    let masks = if c.distillation.is_some() {
+        // distillation: iBOT on every patch token of the (unmasked) global crops
+        vec![vec![true; grid * grid]; 2 * b]
+    } else {
+        let generator = MaskGenerator::new(grid, grid);
+        collate_masks(2 * b, &generator, c.mask_ratio, c.mask_sample_probability, &mut rng)
+    };
     let plan = |batch: usize, rng: &mut ChaCha8Rng| -> Vec<BlockDrop> {
         if c.drop_path_rate <= 0.0 {
             return Vec::new();
@@ -211,6 +218,8 @@ pub struct Centers {
 }
 
 /// The loss of one step (official `forward_backward`), on the student's (autodiff) device.
+/// `teacher` gives the targets: the EMA teacher, or the frozen teacher in distillation (its
+/// width may differ from the student's; its patch size may not).
 pub fn step_loss(
     c: &TrainConfig,
     student: &SslModel,
@@ -243,7 +252,7 @@ pub fn step_loss(
     let teacher_out = teacher.backbone.forward_features(images(&batch.globals, b2, g, &plain));
     let cls = teacher_out.cls;
     let swapped = Tensor::cat(vec![cls.clone().narrow(0, b, b), cls.narrow(0, 0, b)], 0);
-    let teacher_patches = teacher_out.patch.reshape([b2 * tokens, d]);
+    let teacher_patches = teacher_out.patch.reshape([b2 * tokens, teacher.backbone.config.embed_dim]);
     let (teacher_cls_logits, teacher_patch_logits) = if c.ibot_separate_head {
         let patches = (n_masked > 0)
             .then(|| teacher.ibot_head().forward(teacher_patches.select(0, index_tensor(&plain))));
@@ -288,7 +297,7 @@ pub fn step_loss(
     let masks = Tensor::<2, Bool>::from_data(TensorData::new(mask_flat, [b2, tokens]), device);
     let student_global = student.backbone.forward_train(
         images(&batch.globals, b2, g, device),
-        Some(masks),
+        c.distillation.is_none().then_some(masks),
         &batch.drops_global,
     );
     let student_local = (n_local > 0).then(|| {
@@ -398,7 +407,11 @@ pub const CONFIG: &str = "config.json";
 /// Everything a run carries from step to step.
 pub struct TrainState {
     pub student: SslModel,
+    /// The EMA of the student: the teacher in self-distillation, the released model in
+    /// distillation.
     pub teacher: SslModel,
+    /// Distillation's frozen teacher (on the plain device), which gives the targets.
+    pub frozen_teacher: Option<SslModel>,
     pub optimizer: AdamW,
     pub centers: Centers,
     pub schedules: Schedules,
@@ -448,6 +461,10 @@ impl TrainState {
         device.seed(c.seed);
         let student = SslModel::new(c, &ad);
         let teacher = student.valid();
+        let frozen_teacher = match &c.distillation {
+            Some(d) => Some(load_frozen_teacher(&d.teacher, c, &device.clone().inner())?),
+            None => None,
+        };
         let rules = GroupRules {
             layer_decay: c.layerwise_decay,
             depth: c.arch.depth,
@@ -457,6 +474,7 @@ impl TrainState {
         Ok(Self {
             student,
             teacher,
+            frozen_teacher,
             optimizer: AdamW::new(c.adamw_betas.0, c.adamw_betas.1, rules),
             centers: Centers { dino: None, ibot: None },
             schedules: Schedules::new(c),
@@ -504,8 +522,9 @@ impl TrainState {
         let teacher_temp = self.schedules.teacher_temp.at(step);
         let mut centers = Centers { dino: self.centers.dino.clone(), ibot: self.centers.ibot.clone() };
         let scope = precision::autocast(self.compute);
+        let targets_from = self.frozen_teacher.as_ref().unwrap_or(&self.teacher);
         let (total, parts) =
-            step_loss(c, &self.student, &self.teacher, batch, teacher_temp, &mut centers, &self.device);
+            step_loss(c, &self.student, targets_from, batch, teacher_temp, &mut centers, &self.device);
         drop(scope);
         let values = Tensor::cat(std::iter::once(total.clone()).chain(parts).collect(), 0)
             .into_data()
@@ -688,6 +707,63 @@ pub fn train(c: &TrainConfig, data: &Dataset, device: &Device, options: &RunOpti
     })
 }
 
+/// Distillation's teacher from `path`: a run folder or training checkpoint of this project
+/// (its EMA teacher, heads included), or any backbone with heads made from `c`'s head configs
+/// (seeded by `c.seed`), all frozen. Errors where it cannot pair with `c`'s student.
+pub fn load_frozen_teacher(path: &Path, c: &TrainConfig, device: &Device) -> Result<SslModel> {
+    let run_checkpoint = if path.is_dir() { path.join(CHECKPOINT) } else { path.to_path_buf() };
+    let teacher = if run_checkpoint.is_file() && is_training_checkpoint(&run_checkpoint) {
+        let saved = read_checkpoint(&run_checkpoint)?;
+        let model = SslModel::new(&saved.config, device);
+        load_named_params(model, &saved.tensors, "teacher.").map_err(|e| ckpt_err(&run_checkpoint, e))?
+    } else {
+        let weights = crate::checkpoint::read_backbone(path, &crate::checkpoint::LoadOptions::default())?;
+        let backbone = DinoVisionTransformer::from_weights(&weights, device)?;
+        let d = backbone.config.embed_dim;
+        device.seed(c.seed ^ 0x7eac_4e2d);
+        SslModel {
+            backbone,
+            dino_head: DinoHead::new(d, &c.dino_head, device),
+            ibot_head: c.ibot_separate_head.then(|| DinoHead::new(d, &c.ibot_head, device)),
+        }
+    };
+    check_teacher_patch(path, &teacher.backbone.config, c)?;
+    let student_ibot = if c.ibot_separate_head { &c.ibot_head } else { &c.dino_head };
+    for (what, teacher_k, student_k) in [
+        ("DINO", teacher.dino_head.n_prototypes(), c.dino_head.n_prototypes),
+        ("iBOT", teacher.ibot_head().n_prototypes(), student_ibot.n_prototypes),
+    ] {
+        if teacher_k != student_k {
+            return Err(Error::Usage(format!(
+                "{}: the teacher's {what} head has {teacher_k} prototypes, the student's {student_k}",
+                path.display()
+            )));
+        }
+    }
+    Ok(teacher)
+}
+
+/// The architecture of distillation's teacher at `path` (a run's from its header, a
+/// backbone's from its file), checked against `c`'s student: an error where they cannot pair.
+pub fn check_teacher(path: &Path, c: &TrainConfig) -> Result<()> {
+    let arch = match run_config(path) {
+        Some(run) => run.arch,
+        None => crate::checkpoint::read_backbone(path, &crate::checkpoint::LoadOptions::default())?.config,
+    };
+    check_teacher_patch(path, &arch, c)
+}
+
+fn check_teacher_patch(path: &Path, teacher: &crate::config::VitConfig, c: &TrainConfig) -> Result<()> {
+    let (tp, sp) = (teacher.patch_size, c.arch.patch_size);
+    if tp != sp {
+        return Err(Error::Usage(format!(
+            "{}: the teacher's patch size {tp} differs from the student's {sp} (iBOT pairs their patch tokens)",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 fn ckpt_err(path: &Path, e: Error) -> Error {
     Error::checkpoint(path, e.to_string())
 }
@@ -805,16 +881,32 @@ pub fn backbone_path(path: &Path) -> Result<PathBuf> {
     Ok(path.to_path_buf())
 }
 
-fn is_training_checkpoint(path: &Path) -> bool {
-    let Ok(mut file) = std::fs::File::open(path) else { return false };
-    let mut head = [0u8; 8];
-    use std::io::Read;
-    if file.read_exact(&mut head).is_err() {
-        return false;
+/// The recipe of a run folder or training checkpoint (read from its header), `None` for
+/// anything else.
+pub fn run_config(path: &Path) -> Option<TrainConfig> {
+    let file = if path.is_dir() { path.join(CHECKPOINT) } else { path.to_path_buf() };
+    let header: serde_json::Value = serde_json::from_slice(&checkpoint_header(&file)?).ok()?;
+    let meta = header.get("__metadata__")?;
+    if meta.get("format")?.as_str()? != "dinov2-wgpu-train" {
+        return None;
     }
+    serde_json::from_str(meta.get("config")?.as_str()?).ok()
+}
+
+/// The JSON header of a safetensors file (at most 16 MiB read).
+fn checkpoint_header(path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut head = [0u8; 8];
+    file.read_exact(&mut head).ok()?;
     let len = u64::from_le_bytes(head).min(1 << 24) as usize;
     let mut header = vec![0u8; len];
-    file.read_exact(&mut header).is_ok() && String::from_utf8_lossy(&header).contains("dinov2-wgpu-train")
+    file.read_exact(&mut header).ok()?;
+    Some(header)
+}
+
+fn is_training_checkpoint(path: &Path) -> bool {
+    checkpoint_header(path).is_some_and(|h| String::from_utf8_lossy(&h).contains("dinov2-wgpu-train"))
 }
 
 /// The global crop size of a run folder or training checkpoint (its evaluation size).

@@ -18,7 +18,7 @@ use crate::common::*;
 
 /// The tiny recipe shrunk so a step takes milliseconds: 14 px global crops (2 × 2 patches of
 /// 7), two 7 px local crops, batch 4, stochastic depth on, a checkpoint every step.
-fn micro_config() -> TrainConfig {
+pub(crate) fn micro_config() -> TrainConfig {
     let mut c = TrainConfig::tiny();
     c.arch.embed_dim = 128;
     c.arch.num_heads = 2;
@@ -42,7 +42,7 @@ fn micro_config() -> TrainConfig {
 }
 
 /// `n` random 28 × 28 PNGs per class; class `k` has mean brightness `60 + 120 k`.
-fn image_folder(dir: &Path, classes: usize, n: usize, seed: u64) {
+pub(crate) fn image_folder(dir: &Path, classes: usize, n: usize, seed: u64) {
     let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     let mut next = move || {
         state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -62,7 +62,7 @@ fn image_folder(dir: &Path, classes: usize, n: usize, seed: u64) {
     }
 }
 
-fn write_config(path: &Path, c: &TrainConfig) {
+pub(crate) fn write_config(path: &Path, c: &TrainConfig) {
     std::fs::write(path, serde_json::to_string_pretty(c).unwrap()).unwrap();
 }
 
@@ -70,7 +70,7 @@ fn train_args<'a>(config: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> 
     vec!["train", "--config", config, "--data", data, "--out", out, "--backend", "ndarray", "--quiet"]
 }
 
-fn losses(run: &Path) -> Vec<(u64, f64)> {
+pub(crate) fn losses(run: &Path) -> Vec<(u64, f64)> {
     std::fs::read_to_string(run.join(trainer::METRICS))
         .unwrap()
         .lines()
@@ -86,7 +86,7 @@ fn model_tensors(run: &Path) -> BTreeMap<String, HostTensor> {
     saved.tensors
 }
 
-fn assert_same_run(a: &Path, b: &Path, what: &str) {
+pub(crate) fn assert_same_run(a: &Path, b: &Path, what: &str) {
     let (la, lb) = (losses(a), losses(b));
     assert_eq!(la, lb, "{what}: loss sequences differ");
     let (ta, tb) = (model_tensors(a), model_tensors(b));

@@ -1,0 +1,197 @@
+//! Distillation on micro shapes: the frozen teacher never changes, the student's loss falls, the
+//! EMA is kept, resume is exact, teachers that cannot pair with the student are refused.
+
+use dinov2_wgpu::model::DinoVisionTransformer;
+use dinov2_wgpu::train::TrainConfig;
+use dinov2_wgpu::train::config::Distillation;
+use dinov2_wgpu::train::params::named_params;
+use dinov2_wgpu::train::trainer::{self, TrainState, make_batch, read_checkpoint};
+
+use crate::common::*;
+use crate::training::{assert_same_run, image_folder, losses, micro_config, write_config};
+
+/// A teacher wider than the student (192 vs 128, 3 heads): two steps of `dinov2 train`.
+fn teacher_run(dir: &Scratch, data: &str) -> std::path::PathBuf {
+    let mut c = micro_config();
+    c.arch.embed_dim = 192;
+    c.arch.num_heads = 3;
+    c.total_steps = 2;
+    let config = dir.join("teacher.json");
+    write_config(&config, &c);
+    let out = dir.join("teacher");
+    let run = dinov2(&[
+        "train",
+        "--config",
+        s(&config),
+        "--data",
+        data,
+        "--out",
+        s(&out),
+        "--backend",
+        "ndarray",
+        "--quiet",
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    out
+}
+
+/// The student's recipe: micro, no stochastic depth, a constant teacher temperature (fixed
+/// targets), a learning rate that moves a micro model within a few steps.
+fn student_config(teacher: &std::path::Path) -> TrainConfig {
+    let mut c = micro_config();
+    c.drop_path_rate = 0.0;
+    c.warmup_teacher_temp = c.teacher_temp;
+    c.base_lr = 0.05;
+    c.warmup_epochs = 0.0;
+    c.freeze_last_layer_epochs = 0.0;
+    c.total_steps = 40;
+    c.distillation = Some(Distillation { teacher: teacher.to_path_buf() });
+    c
+}
+
+#[test]
+fn distillation_keeps_the_teacher_frozen_and_the_student_learns() {
+    let dir = Scratch::new("distill-loop");
+    let data_dir = dir.join("data");
+    image_folder(&data_dir, 2, 6, 3);
+    let teacher = teacher_run(&dir, s(&data_dir));
+    let c = student_config(&teacher);
+    let data = dinov2_wgpu::train::data::Dataset::open(s(&data_dir)).unwrap();
+    let device = ndarray_device();
+    let mut state = TrainState::new(&c, &device).unwrap();
+    let frozen = state.frozen_teacher.as_ref().expect("a frozen teacher");
+    assert_eq!(frozen.backbone.config.embed_dim, 192);
+    let frozen_before = named_params(frozen).unwrap();
+    // it is the run's EMA teacher, heads included
+    let saved = read_checkpoint(&teacher.join(trainer::CHECKPOINT)).unwrap();
+    for (name, value) in &frozen_before {
+        assert!(saved.tensors[&format!("teacher.{name}")] == *value, "{name} is not the run's teacher");
+    }
+    let ema_before = named_params(&state.teacher).unwrap();
+
+    // every patch of both global crops is an iBOT target, and the student sees no mask token
+    let batch = make_batch(&c, &data, &[0, 3, 6, 9], 0).unwrap();
+    assert!(batch.masks.iter().all(|m| m.iter().all(|&x| x)));
+    let mut first = None;
+    let mut last = 0.0;
+    for step in 0..25 {
+        let outcome = state.step(&c, &batch, step).unwrap();
+        first.get_or_insert(outcome.loss.clone());
+        last = outcome.loss.total;
+    }
+    let first = first.unwrap();
+    eprintln!("distillation loss on one batch: {:.4} -> {last:.4}", first.total);
+    assert!(
+        last < first.total - 0.05 * first.total.abs(),
+        "the loss did not fall: {} -> {last}",
+        first.total
+    );
+    assert!(first.ibot > 0.0 && first.dino_global > 0.0 && first.dino_local > 0.0, "{first:?}");
+
+    let frozen_after = named_params(state.frozen_teacher.as_ref().unwrap()).unwrap();
+    for (name, value) in &frozen_before {
+        assert!(frozen_after[name] == *value, "the frozen teacher's {name} changed");
+    }
+    // the student's EMA is kept (and is what the run releases)
+    let ema_after = named_params(&state.teacher).unwrap();
+    let moved = ema_before.iter().filter(|(name, v)| ema_after[*name] != **v).count();
+    assert!(moved > ema_before.len() / 2, "only {moved} of {} EMA tensors moved", ema_before.len());
+}
+
+#[test]
+fn distill_from_the_command_line_resumes_exactly_and_refuses_unpairable_teachers() {
+    let dir = Scratch::new("distill-cli");
+    let data_dir = dir.join("data");
+    image_folder(&data_dir, 2, 6, 4);
+    let data = s(&data_dir);
+    let teacher = teacher_run(&dir, data);
+    let mut c = student_config(&teacher);
+    c.total_steps = 6;
+    c.distillation = None; // `--teacher` sets it
+    let config = dir.join("student.json");
+    write_config(&config, &c);
+    let args = |out: &std::path::Path| -> Vec<String> {
+        ["distill", "--teacher", s(&teacher), "--config", s(&config), "--data", data, "--out", s(out)]
+            .iter()
+            .chain(&["--backend", "ndarray", "--quiet"])
+            .map(|a| a.to_string())
+            .collect()
+    };
+    let run_with = |extra: &[&str], out: &std::path::Path| {
+        let mut a = args(out);
+        a.extend(extra.iter().map(|x| x.to_string()));
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        dinov2(&refs)
+    };
+    let straight = dir.join("straight");
+    let run = run_with(&[], &straight);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(losses(&straight).len(), 6);
+    let saved = read_checkpoint(&straight.join(trainer::CHECKPOINT)).unwrap();
+    assert_eq!(saved.config.distillation.as_ref().map(|d| d.teacher.clone()), Some(teacher.clone()));
+    // the frozen teacher is not part of the student's checkpoint
+    assert!(
+        saved
+            .tensors
+            .keys()
+            .all(|k| k.starts_with("student.") || k.starts_with("teacher.") || k.starts_with("optimizer."))
+    );
+    assert_eq!(saved.tensors["teacher.backbone.cls_token"].shape, vec![1, 1, 128]);
+
+    let stopped = dir.join("stopped");
+    assert!(run_with(&["--steps", "2"], &stopped).status.success());
+    let run = run_with(&["--resume"], &stopped);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_same_run(&straight, &stopped, "distill: stop + resume");
+
+    // a backbone-only teacher (heads made from the seed) with the student's patch size works;
+    // one with another patch size is refused in one line
+    let mut arch = micro_config().arch;
+    let device = ndarray_device();
+    let backbone = dir.join("backbone.safetensors");
+    dinov2_wgpu::checkpoint::export::write_backbone(&DinoVisionTransformer::new(&arch, &device), &backbone)
+        .unwrap();
+    let run = dinov2(&[
+        "distill",
+        "--teacher",
+        s(&backbone),
+        "--config",
+        s(&config),
+        "--data",
+        data,
+        "--out",
+        s(&dir.join("from-backbone")),
+        "--steps",
+        "2",
+        "--backend",
+        "ndarray",
+        "--quiet",
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    arch.patch_size = 14;
+    arch.pos_grid = 1;
+    let wrong = dir.join("patch14.safetensors");
+    dinov2_wgpu::checkpoint::export::write_backbone(&DinoVisionTransformer::new(&arch, &device), &wrong)
+        .unwrap();
+    for teacher in [wrong, dir.join("nowhere")] {
+        let run = dinov2(&[
+            "distill",
+            "--teacher",
+            s(&teacher),
+            "--config",
+            s(&config),
+            "--data",
+            data,
+            "--out",
+            s(&dir.join("refused")),
+            "--backend",
+            "ndarray",
+            "--quiet",
+        ]);
+        assert!(!run.status.success());
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(s(&teacher)), "{stderr}");
+    }
+    assert!(!dir.join("refused").join(trainer::CHECKPOINT).exists());
+}
