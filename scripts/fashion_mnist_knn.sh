@@ -2,7 +2,7 @@
 # The Fashion-MNIST experiment of BENCHMARKS.md: pretrain the tiny preset on Fashion-MNIST
 # train (60k images, labels unused) for at most 60 minutes, then the official k-NN protocol on
 # test (10k) with train as memory, for the trained teacher, the same network at
-# initialisation, and raw pixels; plus a learning curve from the teacher kept at every
+# initialisation, and raw pixels; the linear probe of the trained teacher; plus a learning curve from the teacher kept at every
 # checkpoint (k-NN on the first 10k train / 2k test images).
 #
 #   bash scripts/fashion_mnist_knn.sh [RUN_DIR]        # needs: apt-get install dataset-fashion-mnist
@@ -14,6 +14,8 @@ bin=target/release/dinov2
 $bin train --preset tiny --data fashion-mnist-train --out "$run" --max-minutes 60 --keep-snapshots
 knn() { $bin eval knn --train fashion-mnist-train --test fashion-mnist-test "$@"; }
 echo "== trained teacher"; knn --weights "$run" --json "$run/knn_trained.json"
+echo "== trained teacher, linear probe"
+$bin eval linear --weights "$run" --train fashion-mnist-train --test fashion-mnist-test --json "$run/linear_trained.json"
 echo "== same network at initialisation"; knn --weights "$run/init_backbone.safetensors" --size 28 --json "$run/knn_init.json"
 echo "== raw pixels"; knn --raw-pixels --size 28 --json "$run/knn_pixels.json"
 echo "== curve (first 10k train / 2k test)"

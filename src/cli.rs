@@ -81,7 +81,8 @@ pub struct DistillArgs {
     /// folder, exported safetensors; its heads are then initialised from the seed and frozen).
     #[arg(long)]
     pub teacher: PathBuf,
-    /// The student's recipe preset (stochastic depth off, as in the paper's distillation).
+    /// The student's recipe preset (stochastic depth off, as in the paper's distillation; the
+    /// teacher temperature at its final value from the first step).
     #[arg(long, default_value = "tiny")]
     pub student_preset: String,
     /// The student's complete recipe as JSON, instead of --student-preset.
@@ -678,6 +679,9 @@ fn distill_command(args: DistillArgs) -> Result<()> {
         None => {
             let mut c = TrainConfig::preset(&args.student_preset)?;
             c.drop_path_rate = 0.0;
+            // the teacher is trained: its temperature needs no warm-up (the warm-up keeps an
+            // untrained teacher's targets soft)
+            c.warmup_teacher_temp = c.teacher_temp;
             c
         }
     };
