@@ -71,7 +71,7 @@ impl ProbeFeatures {
         if cls.is_empty()
             || cls.iter().any(|c| c.len() != n * d)
             || n == 0
-            || last_patches.len() % (n * d) != 0
+            || !last_patches.len().is_multiple_of(n * d)
         {
             return Err(Error::Shape(format!(
                 "probe features: {} CLS blocks and {} patch values do not fit {n} images of width {d}",
