@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::eval::{matching, pca};
 use crate::features::{EmbedOptions, FeatureSet, embed_files};
 use crate::model::DinoVisionTransformer;
+use crate::train::data::Dataset;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -149,8 +150,9 @@ pub enum EvalCommand {
     Linear(LinearArgs),
 }
 
+/// The model and the labelled sets an `eval` command uses.
 #[derive(Args, Debug)]
-pub struct LinearArgs {
+pub struct EvalSetArgs {
     /// Weights: a training run folder or its checkpoint (the teacher is evaluated), or any
     /// backbone `--weights` accepts. Without it: --arch at initialisation (seed 0).
     #[arg(long)]
@@ -158,21 +160,44 @@ pub struct LinearArgs {
     /// Architecture without --weights.
     #[arg(long, default_value = "tiny")]
     pub arch: String,
-    /// Training set: fashion-mnist-train, fashion-mnist-test or a folder with one sub-folder per class.
+    /// Training set (the k-NN memory): fashion-mnist-train, fashion-mnist-test or a folder with one sub-folder per class.
     #[arg(long)]
     pub train: String,
-    /// Test set, as --train.
+    /// Test set (the k-NN queries), as --train.
     #[arg(long)]
     pub test: String,
     /// Square input size; default: the run's global crop size, 224 for other weights.
     #[arg(long)]
     pub size: Option<usize>,
-    /// Use only the first N images of --train.
+    /// Use only the first N images of --train (a quick estimate).
     #[arg(long)]
     pub limit_train: Option<usize>,
     /// Use only the first N images of --test.
     #[arg(long)]
     pub limit_test: Option<usize>,
+}
+
+impl EvalSetArgs {
+    /// The training and test sets (limited as asked) and their labels.
+    fn open(&self) -> Result<(Dataset, Dataset, Vec<usize>, Vec<usize>)> {
+        let mut train = Dataset::open(&self.train)?;
+        let mut test = Dataset::open(&self.test)?;
+        if let Some(n) = self.limit_train {
+            train.truncate(n);
+        }
+        if let Some(n) = self.limit_test {
+            test.truncate(n);
+        }
+        let train_labels = train.require_labels()?.to_vec();
+        let test_labels = test.require_labels()?.to_vec();
+        Ok((train, test, train_labels, test_labels))
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct LinearArgs {
+    #[command(flatten)]
+    pub sets: EvalSetArgs,
     /// SGD iterations (official: 12500, 10 epochs of 1250).
     #[arg(long, default_value_t = 12_500)]
     pub iterations: usize,
@@ -195,28 +220,8 @@ pub struct LinearArgs {
 
 #[derive(Args, Debug)]
 pub struct KnnArgs {
-    /// Weights: a training run folder or its checkpoint (the teacher is evaluated), or any
-    /// backbone `--weights` accepts. Without it: --arch at initialisation (seed 0).
-    #[arg(long)]
-    pub weights: Option<PathBuf>,
-    /// Architecture without --weights.
-    #[arg(long, default_value = "tiny")]
-    pub arch: String,
-    /// Memory set: fashion-mnist-train, fashion-mnist-test or a folder with one sub-folder per class.
-    #[arg(long)]
-    pub train: String,
-    /// Query set, as --train.
-    #[arg(long)]
-    pub test: String,
-    /// Square input size; default: the run's global crop size, 224 for other weights.
-    #[arg(long)]
-    pub size: Option<usize>,
-    /// Use only the first N images of --train (a quick estimate).
-    #[arg(long)]
-    pub limit_train: Option<usize>,
-    /// Use only the first N images of --test.
-    #[arg(long)]
-    pub limit_test: Option<usize>,
+    #[command(flatten)]
+    pub sets: EvalSetArgs,
     /// k-NN on the normalised pixels instead of features (the raw-pixel baseline).
     #[arg(long)]
     pub raw_pixels: bool,
@@ -777,32 +782,21 @@ fn run_recipe(
 
 fn knn_command(args: KnnArgs) -> Result<()> {
     use crate::eval::knn;
-    use crate::train::data::Dataset;
     if let Some(path) = &args.json {
         check_output_dir(path)?;
     }
     if args.batch_size == 0 {
         return Err(Error::Usage("--batch-size must be at least 1".into()));
     }
-    let mut train = Dataset::open(&args.train)?;
-    let mut test = Dataset::open(&args.test)?;
-    if let Some(n) = args.limit_train {
-        train.truncate(n);
-    }
-    if let Some(n) = args.limit_test {
-        test.truncate(n);
-    }
-    let train_labels = train.require_labels()?.to_vec();
-    let test_labels = test.require_labels()?.to_vec();
+    let (train, test, train_labels, test_labels) = args.sets.open()?;
     let (train_features, test_features, d, device) = if args.raw_pixels {
         let device = open_device(&args.backend)?;
-        let size = args.size.unwrap_or(28);
+        let size = args.sets.size.unwrap_or(28);
         let a = knn::pixel_features(&train, size)?;
         let b = knn::pixel_features(&test, size)?;
         (a, b, 3 * size * size, device)
     } else {
-        let (model, device, size) =
-            eval_model(args.weights.as_deref(), &args.arch, args.size, &args.backend)?;
+        let (model, device, size) = eval_model(&args.sets, &args.backend)?;
         let bar = progress_bar(train.len() + test.len(), "features");
         let a = knn::cls_features(&model, &train, size, args.batch_size, &device, &bar)?;
         let b = knn::cls_features(&model, &test, size, args.batch_size, &device, &bar)?;
@@ -831,29 +825,23 @@ fn knn_command(args: KnnArgs) -> Result<()> {
     Ok(())
 }
 
-/// The model `eval` commands evaluate and its input size: `weights` (a run, a checkpoint, any
-/// backbone) or `arch` at initialisation.
-fn eval_model(
-    weights: Option<&Path>,
-    arch: &str,
-    size: Option<usize>,
-    backend: &str,
-) -> Result<(DinoVisionTransformer, Device, usize)> {
+/// The model an `eval` command evaluates (`--weights`: a run, a checkpoint, any backbone; or
+/// `--arch` at initialisation), its device and its input size.
+fn eval_model(sets: &EvalSetArgs, backend: &str) -> Result<(DinoVisionTransformer, Device, usize)> {
     let model_args = ModelArgs {
-        weights: weights.map(Path::to_path_buf),
-        arch: weights.is_none().then(|| arch.to_string()),
+        weights: sets.weights.clone(),
+        arch: sets.weights.is_none().then(|| sets.arch.clone()),
         config: None,
         interpolation: None,
         backend: backend.to_string(),
     };
     let (model, device) = load_model(&model_args)?;
-    let run_size = weights.and_then(crate::train::trainer::run_crop_size);
-    Ok((model, device, size.or(run_size).unwrap_or(224)))
+    let run_size = sets.weights.as_deref().and_then(crate::train::trainer::run_crop_size);
+    Ok((model, device, sets.size.or(run_size).unwrap_or(224)))
 }
 
 fn linear_command(args: LinearArgs) -> Result<()> {
     use crate::eval::linear::{ProbeFeatures, ProbeOptions, best_per_setting, train_probes};
-    use crate::train::data::Dataset;
     if let Some(path) = &args.json {
         check_output_dir(path)?;
     }
@@ -868,17 +856,8 @@ fn linear_command(args: LinearArgs) -> Result<()> {
             args.val_fraction
         )));
     }
-    let mut train = Dataset::open(&args.train)?;
-    let mut test = Dataset::open(&args.test)?;
-    if let Some(n) = args.limit_train {
-        train.truncate(n);
-    }
-    if let Some(n) = args.limit_test {
-        test.truncate(n);
-    }
-    let train_labels = train.require_labels()?.to_vec();
-    let test_labels = test.require_labels()?.to_vec();
-    let (model, device, size) = eval_model(args.weights.as_deref(), &args.arch, args.size, &args.backend)?;
+    let (train, test, train_labels, test_labels) = args.sets.open()?;
+    let (model, device, size) = eval_model(&args.sets, &args.backend)?;
     let started = Instant::now();
     let bar = progress_bar(train.len() + test.len(), "features");
     let train_features =
