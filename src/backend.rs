@@ -125,6 +125,10 @@ pub fn device(kind: BackendKind) -> Result<Device> {
     }
 }
 
+/// The wgpu handles of [`device`]'s wgpu device, for more burn devices on them.
+#[cfg(not(target_family = "wasm"))]
+static DEFAULT_SETUP: OnceLock<burn::tensor::wgpu::WgpuSetup> = OnceLock::new();
+
 fn open_wgpu() -> Result<Device, String> {
     let adapters = adapters();
     if adapters.is_empty() {
@@ -138,7 +142,13 @@ fn open_wgpu() -> Result<Device, String> {
         options = options.graphics_api(WgpuBackend::Vulkan);
     }
     #[cfg(not(target_family = "wasm"))]
-    return options.init().map_err(|e| format!("wgpu could not open an adapter: {e}; {NO_ADAPTER_HINT}"));
+    return options
+        .init_with_setup()
+        .map(|(device, setup)| {
+            let _ = DEFAULT_SETUP.set(setup);
+            device
+        })
+        .map_err(|e| format!("wgpu could not open an adapter: {e}; {NO_ADAPTER_HINT}"));
     // a browser opens its device asynchronously (`Device::wgpu_options().init_async()`, as
     // web/src/lib.rs does)
     #[cfg(target_family = "wasm")]
@@ -151,4 +161,112 @@ fn open_wgpu() -> Result<Device, String> {
 /// The name of the adapter a wgpu device runs on.
 pub fn device_name(device: &Device) -> Option<String> {
     device.identity().map(|id| id.name)
+}
+
+/// The devices of `--devices`: `cpu:N` (N shards on burn's ndarray backend, which has one
+/// device: they share the machine's cores, for testing and for memory per shard, not speed)
+/// or comma-separated wgpu adapter indices as `dinov2 info` lists them (`0,1,2,3`). An index
+/// given twice opens a second handle on the same adapter, sharing its wgpu device and queue.
+#[cfg(feature = "native")]
+pub fn devices(spec: &str) -> Result<Vec<Device>> {
+    let spec = spec.trim();
+    if let Some(rest) = spec.strip_prefix("cpu") {
+        let n = match rest.strip_prefix(':') {
+            Some(n) => n.parse::<usize>().ok().filter(|&n| n >= 1),
+            None if rest.is_empty() => Some(1),
+            None => None,
+        }
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "--devices {spec}: expected cpu:N with N ≥ 1, or wgpu adapter indices like 0,1"
+            ))
+        })?;
+        #[allow(deprecated)] // see `device`
+        return Ok(vec![Device::ndarray(); n]);
+    }
+    let indices = spec
+        .split(',')
+        .map(|s| s.trim().parse::<usize>())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|_| {
+            Error::Usage(format!("--devices {spec}: expected cpu:N, or wgpu adapter indices like 0,1"))
+        })?;
+    let adapters = adapters();
+    let mut seen = std::collections::HashMap::<usize, usize>::new();
+    indices
+        .into_iter()
+        .map(|i| {
+            if i >= adapters.len() {
+                return Err(Error::Usage(format!(
+                    "--devices {spec}: no wgpu adapter {i} (this machine has {}; `dinov2 info` lists them)",
+                    adapters.len()
+                )));
+            }
+            let occurrence = seen.entry(i).or_insert(0);
+            *occurrence += 1;
+            wgpu_adapter(i, *occurrence - 1)
+        })
+        .collect()
+}
+
+/// A burn device on wgpu adapter `index` of [`adapters`] (`copy` > 0: another handle on the
+/// same wgpu device), opened once per process.
+#[cfg(feature = "native")]
+fn wgpu_adapter(index: usize, copy: usize) -> Result<Device> {
+    use burn::tensor::DeviceKind;
+    use burn::tensor::wgpu::WgpuSetup;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    /// (adapter, copy) → its device and the wgpu handles behind it
+    type Opened = HashMap<(usize, usize), (Device, WgpuSetup)>;
+    static OPEN: Mutex<Option<Opened>> = Mutex::new(None);
+    if copy > 0 {
+        wgpu_adapter(index, 0)?;
+    }
+    let mut guard = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+    let open = guard.get_or_insert_with(HashMap::new);
+    if let Some((device, _)) = open.get(&(index, copy)) {
+        return Ok(device.clone());
+    }
+    let fail = |e: burn::tensor::wgpu::WgpuInitError| Error::Device(format!("wgpu adapter {index}: {e}"));
+    let adapters = adapters();
+    let a = &adapters[index];
+    // the adapter `--backend wgpu` runs on: its device, not a second one
+    let default = device(BackendKind::Wgpu)
+        .ok()
+        .filter(|d| device_name(d).as_deref() == Some(a.name.as_str()))
+        .zip(DEFAULT_SETUP.get().cloned());
+    let opened = if let (0, Some(default)) = (copy, default) {
+        default
+    } else if copy == 0 {
+        // wgpu numbers adapters per type and per graphics API
+        let nth = adapters[..index]
+            .iter()
+            .filter(|o| o.device_type == a.device_type && o.backend == a.backend)
+            .count();
+        let kind = match a.device_type.as_str() {
+            "DiscreteGpu" => DeviceKind::DiscreteGpu(nth),
+            "IntegratedGpu" => DeviceKind::IntegratedGpu(nth),
+            "VirtualGpu" => DeviceKind::VirtualGpu(nth),
+            "Cpu" => DeviceKind::Cpu,
+            other => {
+                return Err(Error::Device(format!(
+                    "wgpu adapter {index} is of type {other}, which burn cannot select"
+                )));
+            }
+        };
+        let api = match a.backend.as_str() {
+            "Vulkan" => WgpuBackend::Vulkan,
+            "Metal" => WgpuBackend::Metal,
+            "Dx12" => WgpuBackend::Dx12,
+            _ => WgpuBackend::Auto,
+        };
+        Device::wgpu_options().device_kind(kind).graphics_api(api).init_with_setup().map_err(fail)?
+    } else {
+        let first = open.get(&(index, 0)).expect("opened above").1.clone();
+        let device = Device::wgpu_options().setup(first.clone()).init().map_err(fail)?;
+        (device, first)
+    };
+    open.insert((index, copy), opened.clone());
+    Ok(opened.0)
 }

@@ -373,3 +373,75 @@ pub fn bench_train(
         memory_kind,
     })
 }
+
+/// What one measured training step of `bench memory` used.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct StepMemory {
+    pub preset: String,
+    pub batch_size: usize,
+    pub global_size: usize,
+    pub local_size: usize,
+    /// Peak memory of building the training state and running one step.
+    pub peak_bytes: Option<u64>,
+    pub memory_kind: String,
+    pub step_seconds: f64,
+}
+
+/// The recipe `bench memory` measures: preset `preset` with its crops at `global`/`local` px.
+pub fn memory_recipe(
+    preset: &str,
+    batch: usize,
+    global: usize,
+    local: usize,
+) -> Result<crate::train::TrainConfig> {
+    let mut c = crate::train::TrainConfig::preset(preset)?;
+    c.batch_size = batch;
+    c.crops.global_size = global;
+    c.crops.local_size = local;
+    c.precision = crate::train::config::Precision::F32;
+    c.validate().map_err(crate::error::Error::Config)?;
+    Ok(c)
+}
+
+/// Two full training steps (state built, batches made, forward, backward, AdamW, EMA) of `c`
+/// on `device`: the peak memory they took and the seconds per step (compilation included on
+/// wgpu). Memory: on wgpu the device pool's growth, on the CPU the
+/// growth of the process's peak resident memory (so run it in a fresh process).
+pub fn measure_step(
+    c: &crate::train::TrainConfig,
+    data: &crate::train::data::Dataset,
+    device: &Device,
+    checkpointing: bool,
+) -> Result<(Option<u64>, &'static str, f64)> {
+    use crate::train::trainer::{TrainState, make_batch};
+    device.memory_cleanup();
+    let pool_before = device.memory_pool_usage().map(|u| u.bytes_reserved);
+    let rss_before = process_peak_rss();
+    let start = Instant::now();
+    let mut state = TrainState::new_with(c, device, checkpointing)?;
+    let indices: Vec<usize> = (0..c.batch_size).map(|i| i % data.len()).collect();
+    // the first step creates AdamW's moments and parts the teacher from the student (they
+    // share their tensors until then); the second is a step as every later one
+    for step in 0..2 {
+        let batch = make_batch(c, data, &indices, step)?;
+        state.step(c, &batch, step)?;
+    }
+    sync(device)?;
+    let seconds = start.elapsed().as_secs_f64() / 2.0;
+    let pool_after = device.memory_pool_usage().map(|u| u.bytes_reserved);
+    Ok(match (pool_before, pool_after) {
+        (Some(b), Some(a)) => (Some(a.saturating_sub(b)), "device pool reserved", seconds),
+        _ => (
+            process_peak_rss().zip(rss_before).map(|(a, b)| a.saturating_sub(b)),
+            "process peak RSS growth",
+            seconds,
+        ),
+    })
+}
+
+/// Memory this machine has available now (`MemAvailable`), Linux only.
+pub fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kib| kib * 1024)
+}

@@ -134,6 +134,15 @@ pub struct RunArgs {
     /// Compute backend: auto (wgpu on a hardware GPU, else ndarray), wgpu or ndarray.
     #[arg(long, default_value = "auto")]
     pub backend: String,
+    /// Split every step's batch over several devices (burn's multi-device strategy: gradients
+    /// summed on the first): wgpu adapter indices as `dinov2 info` lists them (`0,1,2,3`; an
+    /// index twice opens two handles on one adapter) or `cpu:N`. Replaces --backend.
+    #[arg(long, conflicts_with = "backend")]
+    pub devices: Option<String>,
+    /// Burn's gradient checkpointing: memory-bound operations recompute their outputs in the
+    /// backward pass instead of keeping them (less memory, more compute, the same results).
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -335,6 +344,9 @@ pub enum BenchCommand {
     /// Self-deduplication of synthetic embeddings with planted copies: time and peak memory of
     /// the tiled exact search against the plain one, recall of the planted pairs.
     Curate(BenchCurateArgs),
+    /// Peak memory of one full training step per preset (224 px crops by default), each in a
+    /// fresh process, next to the memory plan's prediction (docs/SCALE.md).
+    Memory(BenchMemoryArgs),
     /// The WGSL kernels against their composed references and burn's built-in attention:
     /// median times, device memory, differences; a Markdown table and optionally JSON.
     Kernels(BenchKernelsArgs),
@@ -361,6 +373,45 @@ pub struct BenchCurateArgs {
     /// Also write the measurements as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchMemoryArgs {
+    /// Recipe presets, comma-separated (tiny, vits14, vitb14, vitl14, vitg14, ...).
+    #[arg(long, default_value = "tiny,vits14,vitb14", value_delimiter = ',')]
+    pub presets: Vec<String>,
+    /// Images per step.
+    #[arg(long, default_value_t = 2)]
+    pub batch_size: usize,
+    /// Global crop size in pixels.
+    #[arg(long, default_value_t = 224)]
+    pub global_size: usize,
+    /// Local crop size in pixels (98: the presets' multiple of 14 nearest the official 96).
+    #[arg(long, default_value_t = 98)]
+    pub local_size: usize,
+    /// Backend: auto, ndarray (peak resident memory) or wgpu (device pool).
+    #[arg(long, default_value = "auto")]
+    pub backend: String,
+    /// Override the presets' depth (a shallower model of the same width: a check of the
+    /// per-block plan where the whole model does not fit).
+    #[arg(long)]
+    pub depth: Option<usize>,
+    /// With burn's gradient checkpointing (the plan does not model it).
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
+    /// Only print the plan (no step is run).
+    #[arg(long)]
+    pub plan_only: bool,
+    /// Run a step even where the plan says it needs more memory than is available.
+    #[arg(long)]
+    pub force: bool,
+    /// Also write the records as a JSON list to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Measure this one preset in this process and print its record as JSON (used by the
+    /// parent, one fresh process per preset).
+    #[arg(long, hide = true)]
+    pub child: bool,
 }
 
 #[derive(Args, Debug)]
@@ -435,6 +486,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Embed(args)) => bench_embed(args),
         Command::Bench(BenchCommand::Kernels(args)) => bench_kernels(args),
         Command::Bench(BenchCommand::Train(args)) => bench_train(args),
+        Command::Bench(BenchCommand::Memory(args)) => bench_memory(args),
         Command::Bench(BenchCommand::Curate(args)) => bench_curate(args),
         Command::Curate(command) => crate::curate::cli::run(command),
     }
@@ -747,7 +799,25 @@ fn run_recipe(
     }
     let data_spec = args.data.clone().unwrap_or_else(|| BUNDLED_IMAGES.to_string());
     let data = crate::train::data::Dataset::open(&data_spec)?;
-    let device = open_device(&args.backend)?;
+    let devices = match &args.devices {
+        Some(spec) => backend::devices(spec)?,
+        None => vec![open_device(&args.backend)?],
+    };
+    let device = devices[0].clone();
+    if devices.len() > 1 {
+        if config.batch_size < devices.len() {
+            return Err(Error::Usage(format!(
+                "--devices: {} devices but {} images per step; every device needs at least one",
+                devices.len(),
+                config.batch_size
+            )));
+        }
+        eprintln!(
+            "{} devices, {} images per step each",
+            devices.len(),
+            config.batch_size.div_ceil(devices.len())
+        );
+    }
     eprintln!(
         "{} {label} ({:.1}M backbone parameters) on {} ({} images), {} steps of {} images, into {}",
         if config.distillation.is_some() { "distilling" } else { "training" },
@@ -766,6 +836,8 @@ fn run_recipe(
         overwrite: args.overwrite,
         progress: !args.quiet,
         keep_snapshots: args.keep_snapshots,
+        devices: if devices.len() > 1 { devices } else { Vec::new() },
+        gradient_checkpointing: args.gradient_checkpointing,
     };
     let summary = crate::train::train(&config, &data, &device, &options)?;
     eprintln!(
@@ -1022,6 +1094,138 @@ fn bench_train(args: BenchTrainArgs) -> Result<()> {
                 result.memory_kind
             );
         }
+    }
+    Ok(())
+}
+
+fn bench_memory(args: BenchMemoryArgs) -> Result<()> {
+    use crate::bench::{StepMemory, available_memory, measure_step, memory_recipe};
+    use crate::train::memory::plan;
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    if args.batch_size == 0 {
+        return Err(Error::Usage("--batch-size must be at least 1".into()));
+    }
+    let recipes = args
+        .presets
+        .iter()
+        .map(|p| {
+            let mut c = memory_recipe(p, args.batch_size, args.global_size, args.local_size)?;
+            if let Some(depth) = args.depth {
+                c.arch.depth = depth;
+            }
+            Ok((p.clone(), c))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if args.child {
+        let [(preset, c)] = &recipes[..] else {
+            return Err(Error::Usage("--child measures exactly one preset".into()));
+        };
+        let data = Dataset::open(BUNDLED_IMAGES)?;
+        let device = open_device(&args.backend)?;
+        let (peak_bytes, kind, seconds) = measure_step(c, &data, &device, args.gradient_checkpointing)?;
+        let record = StepMemory {
+            preset: preset.clone(),
+            batch_size: c.batch_size,
+            global_size: c.crops.global_size,
+            local_size: c.crops.local_size,
+            peak_bytes,
+            memory_kind: kind.to_string(),
+            step_seconds: seconds,
+        };
+        println!("{}", serde_json::to_string(&record).expect("record serialises"));
+        return Ok(());
+    }
+    if let Some(path) = &args.json {
+        check_output_dir(path)?;
+    }
+    println!(
+        "two training steps per preset{}: batch {}, 2 global crops of {} px + the recipe's local crops of {} px, f32; {}",
+        args.depth.map(|d| format!(" (depth {d})")).unwrap_or_default(),
+        args.batch_size,
+        args.global_size,
+        args.local_size,
+        if args.plan_only { "plan only" } else { "each step in a fresh process" }
+    );
+    println!(
+        "| preset | params (M) | tokens/image | plan fixed MiB | plan per image MiB | plan MiB | measured MiB | measured / plan | step s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut records = Vec::new();
+    for (preset, c) in &recipes {
+        let p = plan(c);
+        let cpu = backend::resolve(BackendKind::parse(&args.backend)?) == BackendKind::Ndarray;
+        let predicted = p.step(c.batch_size, cpu);
+        let measured = if args.plan_only {
+            None
+        } else {
+            if let Some(available) = available_memory().filter(|&a| a < predicted && !args.force) {
+                return Err(Error::Usage(format!(
+                    "{preset}: the plan needs {:.1} GiB for a step of {} images, this machine has {:.1} GiB available (--force to try anyway)",
+                    predicted as f64 / (1u64 << 30) as f64,
+                    c.batch_size,
+                    available as f64 / (1u64 << 30) as f64
+                )));
+            }
+            let exe = std::env::current_exe()
+                .map_err(|e| Error::Device(format!("cannot find this program: {e}")))?;
+            let output = std::process::Command::new(exe)
+                .args(["bench", "memory", "--child", "--presets", preset, "--backend", &args.backend])
+                .args(["--batch-size", &c.batch_size.to_string()])
+                .args([
+                    "--global-size",
+                    &args.global_size.to_string(),
+                    "--local-size",
+                    &args.local_size.to_string(),
+                ])
+                .args(args.depth.map(|d| vec!["--depth".to_string(), d.to_string()]).unwrap_or_default())
+                .args(args.gradient_checkpointing.then_some("--gradient-checkpointing"))
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .map_err(|e| Error::Device(format!("cannot run the measuring process: {e}")))?;
+            if !output.status.success() {
+                return Err(Error::Device(format!(
+                    "{preset}: the measuring process failed ({})",
+                    output.status
+                )));
+            }
+            let record: StepMemory = serde_json::from_slice(&output.stdout)
+                .map_err(|e| Error::Device(format!("{preset}: unreadable measurement: {e}")))?;
+            Some(record)
+        };
+        let peak = measured.as_ref().and_then(|m| m.peak_bytes);
+        println!(
+            "| {preset} | {:.1} | {} | {:.0} | {:.0} | {:.0} | {} | {} | {} |",
+            p.student_params as f64 / 1e6,
+            p.tokens_per_image,
+            mib(p.fixed()),
+            mib(p.per_image(cpu)),
+            mib(predicted),
+            peak.map_or("-".to_string(), |b| format!("{:.0}", mib(b))),
+            peak.map_or("-".to_string(), |b| format!("{:.2}", b as f64 / predicted as f64)),
+            measured.as_ref().map_or("-".to_string(), |m| format!("{:.1}", m.step_seconds)),
+        );
+        records.push(serde_json::json!({
+            "preset": preset,
+            "batch_size": c.batch_size,
+            "global_size": c.crops.global_size,
+            "local_size": c.crops.local_size,
+            "plan": p,
+            "plan_bytes": predicted,
+            "measured": measured,
+        }));
+    }
+    if args.plan_only {
+        println!("\nlargest batch per GPU by the plan (wgpu, f32; 0: not even one step fits):");
+        println!("| preset | 24 GB | 48 GB | 80 GB |\n|---|---|---|---|");
+        for (preset, c) in &recipes {
+            let p = plan(c);
+            let fits = [24u64, 48, 80].map(|gb| p.max_batch(gb * 1_000_000_000).to_string());
+            println!("| {preset} | {} |", fits.join(" | "));
+        }
+    }
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&records).expect("records serialise");
+        crate::io::write_atomic(path, text.as_bytes())?;
     }
     Ok(())
 }

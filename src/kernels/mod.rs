@@ -304,13 +304,19 @@ pub fn koleo_nearest_reference(x: Tensor<2>) -> Tensor<1, Int> {
     dots.mask_fill(eye, f32::NEG_INFINITY).argmax(1).squeeze_dim(1)
 }
 
+/// `x / max(‖x‖, 1e-8)` row by row (PyTorch's `F.normalize(x, eps=1e-8, p=2, dim=-1)`, as
+/// KoLeo normalises).
+pub fn l2_normalize_rows(x: Tensor<2>) -> Tensor<2> {
+    let norm = x.clone().square().sum_dim(1).sqrt().clamp_min(1e-8);
+    x / norm
+}
+
 /// DINOv2's KoLeo loss of student features `[n, d]`: normalise the rows (eps 1e-8), find each
 /// row's nearest neighbour with [`koleo_nearest`], `−mean(log(‖x_i − x_nn(i) + 1e-8‖ + 1e-8))`
 /// (PyTorch's `PairwiseDistance` adds its eps to the difference). Differentiable in `x`.
 pub fn koleo_loss(x: Tensor<2>) -> Tensor<1> {
     const EPS: f64 = 1e-8;
-    let norm = x.clone().square().sum_dim(1).sqrt().clamp_min(EPS);
-    let x = x / norm;
+    let x = l2_normalize_rows(x);
     let nearest = koleo_nearest(x.clone().detach());
     let neighbours = x.clone().select(0, nearest);
     let distance = (x - neighbours).add_scalar(EPS).square().sum_dim(1).sqrt();

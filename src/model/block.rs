@@ -77,11 +77,35 @@ impl Block {
     }
 }
 
+/// The samples of a batch that keep one residual branch, and the factor their residual is
+/// scaled by (`B / kept` of the batch the subset was drawn from).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Kept {
+    pub rows: Vec<usize>,
+    pub scale: f64,
+}
+
+impl Kept {
+    /// `rows` of a batch of `batch` samples: scaled by `batch / rows.len()`.
+    pub fn subset(batch: usize, rows: Vec<usize>) -> Self {
+        let scale = batch as f64 / rows.len().max(1) as f64;
+        Self { rows, scale }
+    }
+
+    /// The part of the plan that falls in samples `start .. start + len`, renumbered from 0,
+    /// with the whole batch's scale: a shard of the batch computes exactly its rows of the
+    /// whole batch's step (possibly none).
+    pub fn shard(&self, start: usize, len: usize) -> Self {
+        let rows = self.rows.iter().filter(|&&r| r >= start && r < start + len).map(|&r| r - start).collect();
+        Self { rows, scale: self.scale }
+    }
+}
+
 /// Which samples of a batch keep each residual branch of one block in a training step.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BlockDrop {
-    pub attn: Vec<usize>,
-    pub ffn: Vec<usize>,
+    pub attn: Kept,
+    pub ffn: Kept,
 }
 
 impl BlockDrop {
@@ -93,29 +117,43 @@ impl BlockDrop {
             let mut order: Vec<usize> = (0..batch).collect();
             rand::seq::SliceRandom::shuffle(order.as_mut_slice(), rng);
             order.truncate(keep);
-            order
+            Kept::subset(batch, order)
         };
         let attn = subset();
         Self { attn, ffn: subset() }
     }
+
+    /// The plan of a shard made of the given sample ranges of the batch, concatenated
+    /// (`(start, len)` each): see [`Kept::shard`].
+    pub fn shard(&self, ranges: &[(usize, usize)]) -> Self {
+        let part = |kept: &Kept| {
+            let mut rows = Vec::new();
+            let mut offset = 0;
+            for &(start, len) in ranges {
+                rows.extend(kept.shard(start, len).rows.into_iter().map(|r| r + offset));
+                offset += len;
+            }
+            Kept { rows, scale: kept.scale }
+        };
+        Self { attn: part(&self.attn), ffn: part(&self.ffn) }
+    }
 }
 
-/// `x + index_add(residual(x[kept]) · B / kept)`; every sample kept is the plain residual.
-pub fn drop_add_residual(
-    x: Tensor<3>,
-    kept: &[usize],
-    residual: impl Fn(Tensor<3>) -> Tensor<3>,
-) -> Tensor<3> {
+/// `x + index_add(residual(x[kept]) · scale)`; every sample kept at scale 1 is the plain
+/// residual, none kept is `x`.
+pub fn drop_add_residual(x: Tensor<3>, kept: &Kept, residual: impl Fn(Tensor<3>) -> Tensor<3>) -> Tensor<3> {
     let batch = x.dims()[0];
-    if kept.len() == batch && kept.iter().enumerate().all(|(i, &k)| i == k) {
+    if kept.rows.is_empty() {
+        return x;
+    }
+    if kept.scale == 1.0 && kept.rows.len() == batch && kept.rows.iter().enumerate().all(|(i, &k)| i == k) {
         return x.clone() + residual(x);
     }
     let device = x.device();
     let indices = Tensor::<1, Int>::from_data(
-        TensorData::new(kept.iter().map(|&i| i as i64).collect::<Vec<_>>(), [kept.len()]),
+        TensorData::new(kept.rows.iter().map(|&i| i as i64).collect::<Vec<_>>(), [kept.rows.len()]),
         &device,
     );
-    let scale = batch as f64 / kept.len() as f64;
-    let update = residual(x.clone().select(0, indices.clone())).mul_scalar(scale);
+    let update = residual(x.clone().select(0, indices.clone())).mul_scalar(kept.scale);
     x.select_assign(0, indices, update, IndexingUpdateOp::Add)
 }

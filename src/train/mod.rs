@@ -7,6 +7,7 @@ pub mod data;
 pub mod head;
 pub mod loss;
 pub mod mask;
+pub mod memory;
 pub mod optim;
 pub mod params;
 pub mod schedule;

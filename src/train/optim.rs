@@ -9,7 +9,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::tensor::{Gradients, Tensor, TensorData};
+use burn::optim::GradientsParams;
+use burn::tensor::{Tensor, TensorData};
 
 use super::params::HostTensor;
 use super::schedule::{layer_decay, weight_decay_multiplier};
@@ -83,13 +84,20 @@ impl AdamW {
         Self { beta1, beta2, eps: 1e-8, rules, steps: HashMap::new(), moments: HashMap::new() }
     }
 
-    /// One update of `model` from `grads` (the heads' last layer is frozen through its lr
-    /// alone, as in DINOv2: its moments still move and its gradient counts in the clipping).
-    pub fn step<M: Module>(&mut self, model: M, grads: &mut Gradients, rates: StepRates) -> (M, StepReport) {
+    /// One update of `model` from `grads` (by parameter, on the parameters' device: one
+    /// backward's, or the sum of several devices' gathered by burn's `GradientsAccumulator`).
+    /// The heads' last layer is frozen through its lr alone, as in DINOv2: its moments still
+    /// move and its gradient counts in the clipping.
+    pub fn step<M: Module>(
+        &mut self,
+        model: M,
+        grads: &mut GradientsParams,
+        rates: StepRates,
+    ) -> (M, StepReport) {
         // pass 1: squared gradient norms per part, one read-back for all parts
         struct Norms<'a> {
             path: Vec<String>,
-            grads: &'a Gradients,
+            grads: &'a GradientsParams,
             sums: BTreeMap<String, Tensor<1>>,
         }
         impl ModuleVisitor for Norms<'_> {
@@ -101,7 +109,7 @@ impl AdamW {
             }
             fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
                 let path = self.path.join(".");
-                if let Some(g) = param.val().grad(self.grads) {
+                if let Some(g) = self.grads.get::<D>(param.id) {
                     let sq = g.square().sum();
                     let key = part(&path).to_string();
                     let total = match self.sums.remove(&key) {
@@ -141,7 +149,7 @@ impl AdamW {
         struct Update<'a> {
             path: Vec<String>,
             opt: &'a mut AdamW,
-            grads: &'a mut Gradients,
+            grads: &'a mut GradientsParams,
             rates: StepRates,
             scales: &'a HashMap<String, f64>,
         }
@@ -155,7 +163,7 @@ impl AdamW {
             fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
                 let path = self.path.join(".");
                 let (id, tensor, mapper) = param.consume();
-                let Some(grad) = tensor.grad_remove(self.grads) else {
+                let Some(grad) = self.grads.remove::<D>(id) else {
                     return Param::from_mapped_value(id, tensor, mapper);
                 };
                 let (lr_mult, wd_mult, last_layer) = self.opt.rules.of(&path);
@@ -163,6 +171,7 @@ impl AdamW {
                 let wd = self.rates.weight_decay * wd_mult;
                 let scale = self.scales.get(part(&path)).copied().unwrap_or(1.0);
                 let require_grad = tensor.is_require_grad();
+                let strategy = tensor.gradient_checkpointing_strategy();
                 let shape = tensor.dims();
                 let n = tensor.shape().num_elements();
                 let p = if tensor.is_autodiff() { tensor.inner() } else { tensor };
@@ -185,6 +194,9 @@ impl AdamW {
                 let p = p.reshape([n]).mul_scalar(1.0 - lr * wd) - update;
                 self.opt.moments.insert(path, Moments { m, v });
                 let mut p = Tensor::from_inner(p.reshape(shape));
+                if let Some(strategy) = strategy {
+                    p = p.with_gradient_checkpointing_strategy(strategy);
+                }
                 if !require_grad {
                     p = p.inner();
                 } else {

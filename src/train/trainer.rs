@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::{Bool, DType, Device, IndexingUpdateOp, Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -99,6 +100,7 @@ pub struct LossParts {
 }
 
 /// One step's inputs, made on the host.
+#[derive(Clone)]
 pub struct Batch {
     /// `[2B, 3, G, G]`, crop-major (all first global crops, then all second ones).
     pub globals: Vec<f32>,
@@ -114,6 +116,40 @@ pub struct Batch {
     /// local student passes.
     pub drops_global: Vec<BlockDrop>,
     pub drops_local: Vec<BlockDrop>,
+    /// The images of the whole step, which the losses average over (more than this batch's
+    /// own where it is one device's shard of the step).
+    pub step_images: usize,
+}
+
+impl Batch {
+    /// Images `start .. start + len` of the step: their crops, masks and drop plans (the
+    /// residual scales stay the whole batch's), for one device of several.
+    pub fn shard(&self, start: usize, len: usize) -> Batch {
+        let b = self.step_images;
+        let n_global = self.masks.len() / b;
+        let per_global = 3 * self.global_size * self.global_size;
+        let per_local = 3 * self.local_size * self.local_size;
+        let n_local = self.locals.len() / per_local.max(1) / b;
+        let rows = |data: &[f32], chunks: usize, per: usize| -> Vec<f32> {
+            (0..chunks)
+                .flat_map(|h| data[(h * b + start) * per..(h * b + start + len) * per].iter().copied())
+                .collect()
+        };
+        let ranges =
+            |chunks: usize| -> Vec<(usize, usize)> { (0..chunks).map(|h| (h * b + start, len)).collect() };
+        Batch {
+            globals: rows(&self.globals, n_global, per_global),
+            locals: rows(&self.locals, n_local, per_local),
+            global_size: self.global_size,
+            local_size: self.local_size,
+            masks: (0..n_global)
+                .flat_map(|h| self.masks[h * b + start..h * b + start + len].iter().cloned())
+                .collect(),
+            drops_global: self.drops_global.iter().map(|d| d.shard(&ranges(n_global))).collect(),
+            drops_local: self.drops_local.iter().map(|d| d.shard(&ranges(n_local))).collect(),
+            step_images: b,
+        }
+    }
 }
 
 /// The generator of everything random in step `step`: its own key per (seed, step), one
@@ -208,6 +244,7 @@ pub fn make_batch(c: &TrainConfig, data: &Dataset, indices: &[usize], step: usiz
         masks,
         drops_global,
         drops_local,
+        step_images: b,
     })
 }
 
@@ -217,9 +254,272 @@ pub struct Centers {
     pub ibot: Option<Tensor<2>>,
 }
 
-/// The loss of one step (official `forward_backward`), on the student's (autodiff) device.
-/// `teacher` gives the targets: the EMA teacher, or the frozen teacher in distillation (its
-/// width may differ from the student's; its patch size may not).
+/// The teacher's logits of one (shard of a) batch, before centering: the CLS rows of the
+/// swapped global crops (`[n_global · b, K]`, chunk `h` = the targets of student crop `h`), and
+/// the masked patch rows (`[m, K]`, crop-major, image by image), `None` where nothing is masked.
+pub struct TeacherLogits {
+    pub cls: Tensor<2>,
+    pub patch: Option<Tensor<2>>,
+}
+
+fn image_tensor(data: &[f32], n: usize, side: usize, device: &Device) -> Tensor<4> {
+    Tensor::<4>::from_data(TensorData::new(data.to_vec(), [n, 3, side, side]), device)
+}
+
+fn masked_rows(masks: &[Vec<bool>], device: &Device) -> (usize, Tensor<1, Int>) {
+    let indices: Vec<i64> =
+        masks.iter().flatten().enumerate().filter(|(_, m)| **m).map(|(i, _)| i as i64).collect();
+    let n = indices.len();
+    (n, Tensor::<1, Int>::from_data(TensorData::new(indices, [n]), device))
+}
+
+/// The teacher's forward (official `get_teacher_output`, before centering) on `device`, the
+/// teacher's own (plain) device: both global crops, no masks, no gradients.
+pub fn teacher_logits(c: &TrainConfig, teacher: &SslModel, batch: &Batch, device: &Device) -> TeacherLogits {
+    let b2 = batch.masks.len();
+    let b = b2 / c.crops.n_global;
+    let tokens = batch.masks.first().map_or(0, Vec::len);
+    let out = teacher.backbone.forward_features(image_tensor(&batch.globals, b2, batch.global_size, device));
+    let cls = out.cls;
+    let swapped = Tensor::cat(vec![cls.clone().narrow(0, b, b), cls.narrow(0, 0, b)], 0);
+    let (n_masked, rows) = masked_rows(&batch.masks, device);
+    let patches = out.patch.reshape([b2 * tokens, teacher.backbone.config.embed_dim]);
+    let masked = (n_masked > 0).then(|| patches.select(0, rows));
+    match masked {
+        Some(masked) if c.ibot_separate_head => TeacherLogits {
+            cls: teacher.dino_head.forward(swapped),
+            patch: Some(teacher.ibot_head().forward(masked)),
+        },
+        Some(masked) => {
+            let both = teacher.dino_head.forward(Tensor::cat(vec![swapped, masked], 0));
+            TeacherLogits { cls: both.clone().narrow(0, 0, b2), patch: Some(both.narrow(0, b2, n_masked)) }
+        }
+        None => TeacherLogits { cls: teacher.dino_head.forward(swapped), patch: None },
+    }
+}
+
+/// Teacher probabilities from the logits of the whole batch (official
+/// `sinkhorn_knopp_teacher` / `softmax_center_teacher` + `update_center`): Sinkhorn-Knopp
+/// normalises over every row of the step, so it runs once, on the main device, over all
+/// shards' rows.
+pub fn teacher_targets(
+    c: &TrainConfig,
+    logits: TeacherLogits,
+    teacher_temp: f64,
+    centers: &mut Centers,
+    device: &Device,
+) -> (Tensor<2>, Option<Tensor<2>>) {
+    match c.centering {
+        Centering::SinkhornKnopp => (
+            loss::sinkhorn_targets(logits.cls, teacher_temp),
+            logits.patch.map(|t| loss::sinkhorn_targets(t, teacher_temp)),
+        ),
+        Centering::Centering => {
+            let k_dino = c.dino_head.n_prototypes;
+            let k_ibot = if c.ibot_separate_head { c.ibot_head.n_prototypes } else { k_dino };
+            let dino_center = centers.dino.take().unwrap_or_else(|| Tensor::zeros([1, k_dino], device));
+            let ibot_center = centers.ibot.take().unwrap_or_else(|| Tensor::zeros([1, k_ibot], device));
+            let cls_targets =
+                loss::softmax_center_targets(logits.cls.clone(), dino_center.clone(), teacher_temp);
+            centers.dino = Some(loss::updated_center(dino_center, logits.cls, c.center_momentum));
+            let patch_targets = logits.patch.map(|t| {
+                let targets = loss::softmax_center_targets(t.clone(), ibot_center.clone(), teacher_temp);
+                centers.ibot = Some(loss::updated_center(ibot_center.clone(), t, c.center_momentum));
+                targets
+            });
+            if centers.ibot.is_none() {
+                centers.ibot = Some(ibot_center);
+            }
+            (cls_targets, patch_targets)
+        }
+    }
+}
+
+/// The student's forward on one (shard of a) batch, on its autodiff device.
+pub struct StudentOutput {
+    /// `[n_local · b, K]`, `None` without local crops.
+    pub local_logits: Option<Tensor<2>>,
+    /// `[n_global · b, K]`.
+    pub global_logits: Tensor<2>,
+    /// The backbone's CLS of the global crops `[n_global · b, D]` (KoLeo's input).
+    pub global_cls: Tensor<2>,
+    /// `[m, K]` on the masked patch tokens.
+    pub patch_logits: Option<Tensor<2>>,
+}
+
+/// Global crops with masks (none in distillation), local crops without; one pass through the
+/// DINO head for local CLS, (masked patches,) global CLS, as the official code.
+pub fn student_forward(c: &TrainConfig, student: &SslModel, batch: &Batch, device: &Device) -> StudentOutput {
+    let b2 = batch.masks.len();
+    let b = b2 / c.crops.n_global;
+    let n_local = c.crops.n_local;
+    let tokens = batch.masks.first().map_or(0, Vec::len);
+    let mask_flat: Vec<bool> = batch.masks.iter().flatten().copied().collect();
+    let masks = Tensor::<2, Bool>::from_data(TensorData::new(mask_flat, [b2, tokens]), device);
+    let global = student.backbone.forward_train(
+        image_tensor(&batch.globals, b2, batch.global_size, device),
+        c.distillation.is_none().then_some(masks),
+        &batch.drops_global,
+    );
+    let local = (n_local > 0).then(|| {
+        student.backbone.forward_train(
+            image_tensor(&batch.locals, n_local * b, batch.local_size, device),
+            None,
+            &batch.drops_local,
+        )
+    });
+    let (n_masked, rows) = masked_rows(&batch.masks, device);
+    let patches = global.patch.reshape([b2 * tokens, c.arch.embed_dim]);
+    let masked = (n_masked > 0).then(|| patches.select(0, rows));
+    let shared_patches = !c.ibot_separate_head && masked.is_some();
+    let mut inputs = Vec::new();
+    if let Some(local) = &local {
+        inputs.push(local.cls.clone());
+    }
+    if shared_patches {
+        inputs.push(masked.clone().expect("checked"));
+    }
+    inputs.push(global.cls.clone());
+    let out = student.dino_head.forward(Tensor::cat(inputs, 0));
+    let n_local_rows = local.as_ref().map_or(0, |_| n_local * b);
+    let local_logits = (n_local_rows > 0).then(|| out.clone().narrow(0, 0, n_local_rows));
+    let mut offset = n_local_rows;
+    let patch_logits = if shared_patches {
+        let t = out.clone().narrow(0, offset, n_masked);
+        offset += n_masked;
+        Some(t)
+    } else {
+        masked.map(|m| student.ibot_head().forward(m))
+    };
+    StudentOutput {
+        local_logits,
+        global_logits: out.narrow(0, offset, b2),
+        global_cls: global.cls,
+        patch_logits,
+    }
+}
+
+/// How a shard's loss gets its KoLeo term.
+pub enum Koleo {
+    /// From its own global CLS (the whole batch is on one device).
+    Direct,
+    /// `−∂L/∂x̂` of the whole batch's KoLeo loss for this shard's normalised CLS rows
+    /// `[n_global · b, D]` (see [`koleo_gradient`]): the loss gets `Σ g · x̂`, whose gradient is
+    /// the whole batch's.
+    Gradient(Box<Tensor<2>>),
+}
+
+/// The losses of one (shard of a) batch against the teacher's targets (on `device`, the
+/// student's): `(the loss to back-propagate, total, [dino_local, dino_global, koleo, ibot])`
+/// (the two differ by the KoLeo gradient's stand-in under [`Koleo::Gradient`]). Every
+/// mean is over the whole step's images (`batch.step_images`), so the shards' losses add up
+/// to the whole batch's.
+pub fn shard_loss(
+    c: &TrainConfig,
+    out: StudentOutput,
+    targets: (Tensor<2>, Option<Tensor<2>>),
+    batch: &Batch,
+    koleo: Koleo,
+    device: &Device,
+) -> (Tensor<1>, Tensor<1>, [Tensor<1>; 4]) {
+    let n_global = c.crops.n_global;
+    let n_local = c.crops.n_local;
+    let b2 = batch.masks.len();
+    let b = b2 / n_global;
+    // the official losses average over the images of the step
+    let share = b as f64 / batch.step_images as f64;
+    let (teacher_cls, teacher_patch) = targets;
+    let teacher_chunks: Vec<Tensor<2>> =
+        (0..n_global).map(|i| teacher_cls.clone().narrow(0, i * b, b)).collect();
+    let n_local_terms = (n_local * n_global).max(1) as f64;
+    let n_global_terms = ((n_global - 1) * n_global) as f64;
+    let terms = n_local_terms + n_global_terms;
+    let zero = || Tensor::<1>::zeros([1], device);
+    let dino_local = match &out.local_logits {
+        Some(local) => {
+            let chunks: Vec<Tensor<2>> = (0..n_local).map(|i| local.clone().narrow(0, i * b, b)).collect();
+            loss::dino_loss(&chunks, &teacher_chunks, c.student_temp).div_scalar(terms)
+        }
+        None => zero(),
+    };
+    let dino_global = loss::dino_loss(&[out.global_logits], &[teacher_cls], c.student_temp)
+        .mul_scalar(2.0)
+        .div_scalar(terms);
+    let (dino_local, dino_global) = if share == 1.0 {
+        (dino_local, dino_global)
+    } else {
+        (dino_local.mul_scalar(share), dino_global.mul_scalar(share))
+    };
+    let with_koleo = c.koleo_loss_weight > 0.0 && c.dino_loss_weight > 0.0;
+    let (koleo, surrogate) = match koleo {
+        Koleo::Direct if with_koleo => {
+            let k = (0..n_global)
+                .map(|i| loss::koleo_loss(out.global_cls.clone().narrow(0, i * b, b)))
+                .reduce(|a, b| a + b)
+                .expect("two global crops")
+                .mul_scalar(c.koleo_loss_weight);
+            (k, None)
+        }
+        Koleo::Gradient(g) if with_koleo => {
+            let g = *g;
+            let s =
+                (g * crate::kernels::l2_normalize_rows(out.global_cls)).sum().mul_scalar(c.koleo_loss_weight);
+            (zero(), Some(s))
+        }
+        _ => (zero(), None),
+    };
+    let ibot = match (out.patch_logits, teacher_patch) {
+        (Some(student_patch), Some(teacher_patch)) => {
+            let weights = mask_weights(&batch.masks);
+            let n_masked = weights.len();
+            let weights = Tensor::<1>::from_data(TensorData::new(weights, [n_masked]), device);
+            // official: loss_scales (2) · ibot_loss_scale (1 / n_global_crops)
+            loss::ibot_loss(
+                student_patch,
+                teacher_patch,
+                weights,
+                n_global * batch.step_images,
+                c.student_temp,
+            )
+            .mul_scalar(2.0 / n_global as f64)
+        }
+        _ => zero(),
+    };
+    let total = dino_local.clone().mul_scalar(c.dino_loss_weight)
+        + dino_global.clone().mul_scalar(c.dino_loss_weight)
+        + koleo.clone()
+        + ibot.clone().mul_scalar(c.ibot_loss_weight);
+    let backward = match surrogate {
+        Some(s) => total.clone() + s,
+        None => total.clone(),
+    };
+    (backward, total, [dino_local, dino_global, koleo, ibot])
+}
+
+/// The KoLeo loss of the rows of `x` `[n, d]` (plain, on one device) and its gradient with
+/// respect to the normalised rows x̂ = x / max(‖x‖, ε), written out: with u_i = x̂_i − x̂_nn(i) + ε
+/// and d_i = ‖u_i‖, ∂L/∂u_i = −u_i / (n · d_i · (d_i + ε)), added to row i and subtracted from
+/// row nn(i). [`koleo_loss`](crate::kernels::koleo_loss) is the same loss, differentiated by
+/// autodiff.
+pub fn koleo_gradient(x: Tensor<2>) -> (Tensor<1>, Tensor<2>) {
+    const EPS: f64 = 1e-8;
+    let [n, d] = x.dims();
+    let x = crate::kernels::l2_normalize_rows(x);
+    let nearest = crate::kernels::koleo_nearest(x.clone());
+    let u = (x.clone() - x.clone().select(0, nearest.clone())).add_scalar(EPS);
+    let distance = u.clone().square().sum_dim(1).sqrt();
+    let value = distance.clone().add_scalar(EPS).log().mean().neg();
+    let du = u.div(distance.clone() * distance.add_scalar(EPS)).div_scalar(-(n as f64));
+    let to_neighbours =
+        Tensor::<2>::zeros([n, d], &x.device()).select_assign(0, nearest, du.clone(), IndexingUpdateOp::Add);
+    (value, du - to_neighbours)
+}
+
+/// The loss of one step (official `forward_backward`) with the whole batch on the student's
+/// (autodiff) device: `(total, [dino_local, dino_global, koleo, ibot])`. `teacher` gives the
+/// targets: the EMA teacher, or the frozen teacher in distillation (its width may differ from
+/// the student's; its patch size may not). [`TrainState::step`] runs the same parts over
+/// shards of the batch on several devices.
 pub fn step_loss(
     c: &TrainConfig,
     student: &SslModel,
@@ -230,146 +530,62 @@ pub fn step_loss(
     device: &Device,
 ) -> (Tensor<1>, [Tensor<1>; 4]) {
     let plain = device.clone().inner();
-    let n_global = c.crops.n_global;
-    let n_local = c.crops.n_local;
-    let b2 = batch.masks.len();
-    let b = b2 / n_global;
-    let (g, l) = (batch.global_size, batch.local_size);
-    let images = |data: &[f32], n: usize, side: usize, device: &Device| {
-        Tensor::<4>::from_data(TensorData::new(data.to_vec(), [n, 3, side, side]), device)
-    };
-    let tokens = batch.masks.first().map_or(0, Vec::len);
-    let mask_flat: Vec<bool> = batch.masks.iter().flatten().copied().collect();
-    let mask_indices: Vec<i64> =
-        mask_flat.iter().enumerate().filter(|(_, m)| **m).map(|(i, _)| i as i64).collect();
-    let n_masked = mask_indices.len();
-    let index_tensor = |device: &Device| {
-        Tensor::<1, Int>::from_data(TensorData::new(mask_indices.clone(), [n_masked]), device)
-    };
-    let d = c.arch.embed_dim;
+    let logits = teacher_logits(c, teacher, batch, &plain);
+    let (cls, patch) = teacher_targets(c, logits, teacher_temp, centers, &plain);
+    // without autodiff: a constant in the student's graph, whatever its checkpointing
+    let on_student = |t: Tensor<2>| t;
+    let out = student_forward(c, student, batch, device);
+    let (_, total, parts) =
+        shard_loss(c, out, (on_student(cls), patch.map(on_student)), batch, Koleo::Direct, device);
+    (total, parts)
+}
 
-    // teacher: both global crops, no masks, no gradients
-    let teacher_out = teacher.backbone.forward_features(images(&batch.globals, b2, g, &plain));
-    let cls = teacher_out.cls;
-    let swapped = Tensor::cat(vec![cls.clone().narrow(0, b, b), cls.narrow(0, 0, b)], 0);
-    let teacher_patches = teacher_out.patch.reshape([b2 * tokens, teacher.backbone.config.embed_dim]);
-    let (teacher_cls_logits, teacher_patch_logits) = if c.ibot_separate_head {
-        let patches = (n_masked > 0)
-            .then(|| teacher.ibot_head().forward(teacher_patches.select(0, index_tensor(&plain))));
-        (teacher.dino_head.forward(swapped), patches)
-    } else if n_masked > 0 {
-        let masked = teacher_patches.select(0, index_tensor(&plain));
-        let both = teacher.dino_head.forward(Tensor::cat(vec![swapped, masked], 0));
-        (both.clone().narrow(0, 0, b2), Some(both.narrow(0, b2, n_masked)))
-    } else {
-        (teacher.dino_head.forward(swapped), None)
-    };
-    let (teacher_cls, teacher_patch) = match c.centering {
-        Centering::SinkhornKnopp => (
-            loss::sinkhorn_targets(teacher_cls_logits, teacher_temp),
-            teacher_patch_logits.map(|t| loss::sinkhorn_targets(t, teacher_temp)),
-        ),
-        Centering::Centering => {
-            let k_dino = c.dino_head.n_prototypes;
-            let k_ibot = if c.ibot_separate_head { c.ibot_head.n_prototypes } else { k_dino };
-            let dino_center = centers.dino.take().unwrap_or_else(|| Tensor::zeros([1, k_dino], &plain));
-            let ibot_center = centers.ibot.take().unwrap_or_else(|| Tensor::zeros([1, k_ibot], &plain));
-            let cls_targets =
-                loss::softmax_center_targets(teacher_cls_logits.clone(), dino_center.clone(), teacher_temp);
-            centers.dino = Some(loss::updated_center(dino_center, teacher_cls_logits, c.center_momentum));
-            let patch_targets = teacher_patch_logits.map(|t| {
-                let targets = loss::softmax_center_targets(t.clone(), ibot_center.clone(), teacher_temp);
-                centers.ibot = Some(loss::updated_center(ibot_center.clone(), t, c.center_momentum));
-                targets
-            });
-            if centers.ibot.is_none() {
-                centers.ibot = Some(ibot_center);
+/// Rows of one tensor per shard, each made of `n_global` chunks (`lens[s][h]` rows of chunk
+/// `h`), put in the whole batch's order (chunk-major, then shard) on `device`.
+fn gather_chunks(parts: Vec<Option<Tensor<2>>>, lens: &[Vec<usize>], device: &Device) -> Option<Tensor<2>> {
+    if let [part] = &parts[..] {
+        // one shard is the whole batch, in order
+        return part.clone();
+    }
+    let chunks = lens.first().map_or(0, Vec::len);
+    let mut pieces = Vec::new();
+    for h in 0..chunks {
+        for (s, part) in parts.iter().enumerate() {
+            let start: usize = lens[s][..h].iter().sum();
+            if let Some(part) = part.as_ref().filter(|_| lens[s][h] > 0) {
+                pieces.push(part.clone().narrow(0, start, lens[s][h]).to_device(device));
             }
-            (cls_targets, patch_targets)
         }
-    };
-    let to_device = |t: Tensor<2>| Tensor::<2>::from_inner(t).set_require_grad(false);
-    let teacher_cls = to_device(teacher_cls);
-    let teacher_chunks: Vec<Tensor<2>> =
-        (0..n_global).map(|i| teacher_cls.clone().narrow(0, i * b, b)).collect();
-
-    // student: global crops with masks, local crops without
-    let masks = Tensor::<2, Bool>::from_data(TensorData::new(mask_flat, [b2, tokens]), device);
-    let student_global = student.backbone.forward_train(
-        images(&batch.globals, b2, g, device),
-        c.distillation.is_none().then_some(masks),
-        &batch.drops_global,
-    );
-    let student_local = (n_local > 0).then(|| {
-        student.backbone.forward_train(
-            images(&batch.locals, n_local * b, l, device),
-            None,
-            &batch.drops_local,
-        )
-    });
-    let global_cls = student_global.cls.clone();
-    let student_patches = student_global.patch.reshape([b2 * tokens, d]);
-    let masked_student = (n_masked > 0).then(|| student_patches.select(0, index_tensor(device)));
-
-    // one pass through the DINO head for local CLS, (masked patches,) global CLS
-    let mut head_inputs = Vec::new();
-    if let Some(local) = &student_local {
-        head_inputs.push(local.cls.clone());
     }
-    let shared_patches = !c.ibot_separate_head && masked_student.is_some();
-    if shared_patches {
-        head_inputs.push(masked_student.clone().expect("checked"));
-    }
-    head_inputs.push(global_cls.clone());
-    let head_out = student.dino_head.forward(Tensor::cat(head_inputs, 0));
-    let n_local_rows = student_local.as_ref().map_or(0, |_| n_local * b);
-    let local_logits = head_out.clone().narrow(0, 0, n_local_rows.max(1));
-    let mut offset = n_local_rows;
-    let patch_logits = if shared_patches {
-        let t = head_out.clone().narrow(0, offset, n_masked);
-        offset += n_masked;
-        Some(t)
-    } else {
-        masked_student.map(|m| student.ibot_head().forward(m))
-    };
-    let global_logits = head_out.narrow(0, offset, b2);
+    (!pieces.is_empty()).then(|| Tensor::cat(pieces, 0))
+}
 
-    let n_local_terms = (n_local * n_global).max(1) as f64;
-    let n_global_terms = ((n_global - 1) * n_global) as f64;
-    let terms = n_local_terms + n_global_terms;
-    let zero = || Tensor::<1>::zeros([1], device);
-    let dino_local = if n_local > 0 {
-        let chunks: Vec<Tensor<2>> = (0..n_local).map(|i| local_logits.clone().narrow(0, i * b, b)).collect();
-        loss::dino_loss(&chunks, &teacher_chunks, c.student_temp).div_scalar(terms)
-    } else {
-        zero()
-    };
-    let dino_global =
-        loss::dino_loss(&[global_logits], &[teacher_cls], c.student_temp).mul_scalar(2.0).div_scalar(terms);
-    let koleo = if c.koleo_loss_weight > 0.0 && c.dino_loss_weight > 0.0 {
-        (0..n_global)
-            .map(|i| loss::koleo_loss(global_cls.clone().narrow(0, i * b, b)))
-            .reduce(|a, b| a + b)
-            .expect("two global crops")
-            .mul_scalar(c.koleo_loss_weight)
-    } else {
-        zero()
-    };
-    let ibot = match (patch_logits, teacher_patch) {
-        (Some(student_patch), Some(teacher_patch)) => {
-            let weights = mask_weights(&batch.masks);
-            let weights = Tensor::<1>::from_data(TensorData::new(weights, [n_masked]), device);
-            // official: loss_scales (2) · ibot_loss_scale (1 / n_global_crops)
-            loss::ibot_loss(student_patch, to_device(teacher_patch), weights, b2, c.student_temp)
-                .mul_scalar(2.0 / n_global as f64)
-        }
-        _ => zero(),
-    };
-    let total = dino_local.clone().mul_scalar(c.dino_loss_weight)
-        + dino_global.clone().mul_scalar(c.dino_loss_weight)
-        + koleo.clone()
-        + ibot.clone().mul_scalar(c.ibot_loss_weight);
-    (total, [dino_local, dino_global, koleo, ibot])
+/// The inverse of [`gather_chunks`]: each shard's rows, on its own device.
+fn scatter_chunks(whole: Tensor<2>, lens: &[Vec<usize>], devices: &[Device]) -> Vec<Option<Tensor<2>>> {
+    if lens.len() == 1 {
+        return vec![Some(whole)];
+    }
+    let chunks = lens.first().map_or(0, Vec::len);
+    let mut starts = vec![0usize; chunks];
+    let mut offset = 0;
+    for (h, start) in starts.iter_mut().enumerate() {
+        *start = offset;
+        offset += lens.iter().map(|l| l[h]).sum::<usize>();
+    }
+    lens.iter()
+        .zip(devices)
+        .enumerate()
+        .map(|(s, (l, device))| {
+            let pieces: Vec<Tensor<2>> = (0..chunks)
+                .filter(|&h| l[h] > 0)
+                .map(|h| {
+                    let before: usize = lens[..s].iter().map(|l| l[h]).sum();
+                    whole.clone().narrow(0, starts[h] + before, l[h]).to_device(device)
+                })
+                .collect();
+            (!pieces.is_empty()).then(|| Tensor::cat(pieces, 0))
+        })
+        .collect()
 }
 
 /// Options of a training run besides the recipe.
@@ -386,6 +602,12 @@ pub struct RunOptions {
     /// Also keep the teacher backbone of every checkpoint as `snapshots/teacher_step{N}.safetensors`
     /// (for learning curves).
     pub keep_snapshots: bool,
+    /// Split every step's batch over these (plain) devices, the first being `train`'s device
+    /// (see [`TrainState::loss_and_grads`]); empty: that device alone. Not part of the recipe:
+    /// a run resumes on any devices with the same result.
+    pub devices: Vec<Device>,
+    /// Burn's gradient checkpointing (see [`TrainState::new_with`]); not part of the recipe.
+    pub gradient_checkpointing: bool,
 }
 
 /// What a run did.
@@ -415,8 +637,15 @@ pub struct TrainState {
     pub optimizer: AdamW,
     pub centers: Centers,
     pub schedules: Schedules,
-    /// The student's (autodiff) device.
+    /// The student's (autodiff) device: the main device.
     pub device: Device,
+    /// Gradient checkpointing on the student's devices ([`Self::new_with`]).
+    pub checkpointing: bool,
+    /// The (plain) devices a step's batch is split over, the main device first
+    /// ([`Self::on_devices`]).
+    pub devices: Vec<Device>,
+    /// Distillation's frozen teacher on each of `devices`, copied once.
+    frozen_replicas: Vec<SslModel>,
     /// The element type of the matrix products under mixed precision, `None` for f32.
     pub compute: Option<DType>,
     /// The dynamic loss scale under mixed precision.
@@ -456,8 +685,20 @@ pub struct StepOutcome {
 impl TrainState {
     /// A new run: the student initialised from `c.seed`, the teacher its copy.
     pub fn new(c: &TrainConfig, device: &Device) -> Result<Self> {
+        Self::new_with(c, device, false)
+    }
+
+    /// [`Self::new`], with burn's gradient checkpointing where `checkpointing`: the student's
+    /// memory-bound operations (normalisations, activations, element-wise ops) keep no
+    /// output for the backward pass and are recomputed in it, the matrix products and the
+    /// attention keep theirs. Less memory, the same results, more compute.
+    pub fn new_with(c: &TrainConfig, device: &Device, checkpointing: bool) -> Result<Self> {
         let compute = resolve_precision(c.precision, device)?;
-        let ad = device.clone().autodiff();
+        let ad = if checkpointing {
+            device.clone().autodiff().gradient_checkpointing()
+        } else {
+            device.clone().autodiff()
+        };
         device.seed(c.seed);
         let student = SslModel::new(c, &ad);
         let teacher = student.valid();
@@ -479,9 +720,30 @@ impl TrainState {
             centers: Centers { dino: None, ibot: None },
             schedules: Schedules::new(c),
             device: ad,
+            checkpointing,
+            devices: vec![device.clone()],
+            frozen_replicas: Vec::new(),
             compute,
             scaler: compute.map(|_| LossScaler::default()),
         })
+    }
+
+    /// Split every step's batch over `devices` (plain devices; the first must be the main
+    /// device this state was made on), as [`Self::step`] describes.
+    pub fn on_devices(mut self, devices: Vec<Device>) -> Result<Self> {
+        if devices.first() != Some(&self.devices[0]) {
+            return Err(Error::Usage("the first of the training devices must be the main device".into()));
+        }
+        if self.compute.is_some()
+            && let Some(other) = devices.iter().find(|d| resolve_precision(Precision::Mixed, d).is_err())
+        {
+            return Err(Error::Usage(format!(
+                "mixed precision on the main device but not on {other:?}: use \"precision\": \"f32\""
+            )));
+        }
+        self.devices = devices;
+        self.frozen_replicas.clear();
+        Ok(self)
     }
 
     /// Continue from a checkpoint's tensors.
@@ -513,6 +775,170 @@ impl TrainState {
         Ok(self)
     }
 
+    /// The step's loss (`[total, dino_local, dino_global, koleo, ibot]`, read back) and the
+    /// whole batch's gradients on the main device.
+    ///
+    /// With several devices this is burn's multi-device strategy, gradients gathered on the
+    /// main device: the batch is cut into contiguous shards, one per device; each device runs
+    /// the teacher on its shard, the main device turns all the teacher's logits into targets
+    /// at once (Sinkhorn-Knopp and centering see the whole batch, as the official code
+    /// all-reduces), each device runs a fork of the student and back-propagates its share of
+    /// the loss (every mean is over the whole batch), and burn's `GradientsAccumulator` sums
+    /// the gradients on the main device. KoLeo pairs each CLS with its nearest neighbour in the
+    /// whole batch, which may sit on another device: the main device computes the loss and its
+    /// gradient with respect to the normalised features of every row ([`koleo_gradient`]) and
+    /// each device back-propagates its rows of it. One device is the same path with one shard.
+    fn loss_and_grads(
+        &mut self,
+        c: &TrainConfig,
+        batch: &Batch,
+        teacher_temp: f64,
+        centers: &mut Centers,
+        step: usize,
+    ) -> Result<(Vec<f64>, GradientsParams)> {
+        let b = batch.step_images;
+        let n_global = c.crops.n_global;
+        let main = self.devices[0].clone();
+        // contiguous shards, the first `b % n` one image larger; none empty
+        let n = self.devices.len().min(b);
+        let sizes: Vec<usize> = (0..n).map(|s| b / n + usize::from(s < b % n)).collect();
+        let devices: Vec<Device> = self.devices[..n].to_vec();
+        let batches: Vec<std::borrow::Cow<Batch>> = if n == 1 {
+            vec![std::borrow::Cow::Borrowed(batch)]
+        } else {
+            let mut start = 0;
+            sizes
+                .iter()
+                .map(|&len| {
+                    start += len;
+                    std::borrow::Cow::Owned(batch.shard(start - len, len))
+                })
+                .collect()
+        };
+        if let Some(frozen) = &self.frozen_teacher
+            && self.frozen_replicas.len() < n
+        {
+            self.frozen_replicas = devices.iter().map(|d| frozen.clone().to_device(d)).collect();
+        }
+        let teachers: Vec<SslModel> =
+            match &self.frozen_teacher {
+                Some(_) => self.frozen_replicas[..n].to_vec(),
+                None => (0..n)
+                    .map(|s| {
+                        if s == 0 {
+                            self.teacher.clone()
+                        } else {
+                            self.teacher.clone().to_device(&devices[s])
+                        }
+                    })
+                    .collect(),
+            };
+        let scope = precision::autocast(self.compute);
+
+        // the teacher on every shard, its targets over the whole batch on the main device
+        let cls_lens: Vec<Vec<usize>> = sizes.iter().map(|&len| vec![len; n_global]).collect();
+        let patch_lens: Vec<Vec<usize>> = batches
+            .iter()
+            .map(|sb| {
+                let per = sb.masks.len() / n_global;
+                (0..n_global)
+                    .map(|h| sb.masks[h * per..(h + 1) * per].iter().flatten().filter(|&&m| m).count())
+                    .collect()
+            })
+            .collect();
+        let (cls_logits, patch_logits): (Vec<_>, Vec<_>) = (0..n)
+            .map(|s| {
+                let logits = teacher_logits(c, &teachers[s], &batches[s], &devices[s]);
+                (Some(logits.cls), logits.patch)
+            })
+            .unzip();
+        let whole = TeacherLogits {
+            cls: gather_chunks(cls_logits, &cls_lens, &main).expect("a batch has images"),
+            patch: gather_chunks(patch_logits, &patch_lens, &main),
+        };
+        let (cls_targets, patch_targets) = teacher_targets(c, whole, teacher_temp, centers, &main);
+        let cls_targets = scatter_chunks(cls_targets, &cls_lens, &devices);
+        let mut patch_targets = match patch_targets {
+            Some(t) => scatter_chunks(t, &patch_lens, &devices),
+            None => vec![None; n],
+        };
+
+        // the student on every shard: a fork of the main device's (same parameter ids)
+        let autodiff: Vec<Device> = devices
+            .iter()
+            .map(|d| {
+                let ad = d.clone().autodiff();
+                if self.checkpointing { ad.gradient_checkpointing() } else { ad }
+            })
+            .collect();
+        let students: Vec<SslModel> = (0..n)
+            .map(|s| if s == 0 { self.student.clone() } else { self.student.clone().fork(&autodiff[s]) })
+            .collect();
+        let outputs: Vec<StudentOutput> =
+            (0..n).map(|s| student_forward(c, &students[s], &batches[s], &autodiff[s])).collect();
+
+        // KoLeo over the whole batch
+        let with_koleo = c.koleo_loss_weight > 0.0 && c.dino_loss_weight > 0.0;
+        let (mut koleo, koleo_value) = if n == 1 || !with_koleo {
+            ((0..n).map(|_| Koleo::Direct).collect::<Vec<_>>(), 0.0)
+        } else {
+            let features: Vec<Option<Tensor<2>>> =
+                outputs.iter().map(|o| Some(o.global_cls.clone().inner())).collect();
+            let whole = gather_chunks(features, &cls_lens, &main).expect("a batch has images");
+            let (values, gradients): (Vec<_>, Vec<_>) =
+                (0..n_global).map(|h| koleo_gradient(whole.clone().narrow(0, h * b, b))).unzip();
+            let value = crate::features::to_host(Tensor::cat(values, 0).sum())?[0] as f64;
+            let gradients = scatter_chunks(Tensor::cat(gradients, 0), &cls_lens, &devices);
+            let koleo = gradients
+                .into_iter()
+                .map(|g| Koleo::Gradient(Box::new(g.expect("every shard has rows"))))
+                .collect();
+            (koleo, value * c.koleo_loss_weight)
+        };
+
+        // every shard's losses, then (all finite) its backward
+        let mut values = vec![0.0f64; 5];
+        values[0] += koleo_value;
+        values[3] += koleo_value;
+        let mut to_backward = Vec::with_capacity(n);
+        for (s, output) in outputs.into_iter().enumerate() {
+            // without autodiff: a constant in the student's graph, whatever its checkpointing
+            let on_student = |t: Tensor<2>| t;
+            let targets = (
+                on_student(cls_targets[s].clone().expect("every shard has rows")),
+                patch_targets[s].take().map(on_student),
+            );
+            let kind = std::mem::replace(&mut koleo[s], Koleo::Direct);
+            let (backward, total, parts) = shard_loss(c, output, targets, &batches[s], kind, &autodiff[s]);
+            let read =
+                crate::features::to_host(Tensor::cat(std::iter::once(total).chain(parts).collect(), 0))
+                    .map_err(|e| Error::Device(format!("cannot read the loss back: {e}")))?;
+            for (v, r) in values.iter_mut().zip(read) {
+                *v += r as f64;
+            }
+            to_backward.push(backward);
+        }
+        drop(scope);
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err(Error::Training(format!(
+                "loss became non-finite at step {step} (total {}, parts {:?})",
+                values[0],
+                &values[1..]
+            )));
+        }
+        let loss_scale = self.scaler.map_or(1.0, |s| s.scale);
+        let mut accumulator = GradientsAccumulator::<SslModel>::new();
+        for (s, loss) in to_backward.into_iter().enumerate() {
+            let grads = if loss_scale == 1.0 { loss } else { loss.mul_scalar(loss_scale) }.backward();
+            let mut grads = GradientsParams::from_grads(grads, &students[s]);
+            if s > 0 {
+                grads = grads.to_device(&main, &students[s]);
+            }
+            accumulator.accumulate(&self.student, grads);
+        }
+        Ok((values, accumulator.grads()))
+    }
+
     /// One training step on `batch`: losses, backward, AdamW, EMA teacher. A non-finite loss
     /// is an error and leaves the models untouched. Under mixed precision the forward passes
     /// run under autocast, the loss is scaled for backward, and a step whose gradients
@@ -521,26 +947,9 @@ impl TrainState {
     pub fn step(&mut self, c: &TrainConfig, batch: &Batch, step: usize) -> Result<StepOutcome> {
         let teacher_temp = self.schedules.teacher_temp.at(step);
         let mut centers = Centers { dino: self.centers.dino.clone(), ibot: self.centers.ibot.clone() };
-        let scope = precision::autocast(self.compute);
-        let targets_from = self.frozen_teacher.as_ref().unwrap_or(&self.teacher);
-        let (total, parts) =
-            step_loss(c, &self.student, targets_from, batch, teacher_temp, &mut centers, &self.device);
-        drop(scope);
-        let values = Tensor::cat(std::iter::once(total.clone()).chain(parts).collect(), 0)
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .map_err(|e| Error::Device(format!("cannot read the loss back: {e:?}")))?;
-        if values.iter().any(|v| !v.is_finite()) {
-            return Err(Error::Training(format!(
-                "loss became non-finite at step {step} (total {}, parts {:?})",
-                values[0],
-                &values[1..]
-            )));
-        }
+        let (values, mut grads) = self.loss_and_grads(c, batch, teacher_temp, &mut centers, step)?;
         self.centers = centers;
         let loss_scale = self.scaler.map_or(1.0, |s| s.scale);
-        let mut grads = if loss_scale == 1.0 { total } else { total.mul_scalar(loss_scale) }.backward();
         let rates = StepRates {
             lr: self.schedules.lr.at(step),
             last_layer_lr: self.schedules.last_layer_lr(step),
@@ -564,11 +973,11 @@ impl TrainState {
         // as the official loop: the teacher follows the student on every step
         self.teacher = ema_update(self.teacher.clone(), &self.student, momentum);
         let loss = LossParts {
-            total: values[0] as f64,
-            dino_local: values[1] as f64,
-            dino_global: values[2] as f64,
-            koleo: values[3] as f64,
-            ibot: values[4] as f64,
+            total: values[0],
+            dino_local: values[1],
+            dino_global: values[2],
+            koleo: values[3],
+            ibot: values[4],
         };
         Ok(StepOutcome { loss, rates, momentum, teacher_temp, report })
     }
@@ -583,7 +992,10 @@ pub fn train(c: &TrainConfig, data: &Dataset, device: &Device, options: &RunOpti
     let out = &options.out;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let checkpoint_path = out.join(CHECKPOINT);
-    let mut state = TrainState::new(c, device)?;
+    let mut state = TrainState::new_with(c, device, options.gradient_checkpointing)?;
+    if !options.devices.is_empty() {
+        state = state.on_devices(options.devices.clone())?;
+    }
     let mut start = 0;
     if options.resume && checkpoint_path.exists() {
         let saved = read_checkpoint(&checkpoint_path)?;

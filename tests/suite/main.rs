@@ -10,6 +10,7 @@ mod distill;
 mod kernels;
 mod linear_probe;
 mod losses;
+mod multi_device;
 mod pos_embed;
 mod preprocess;
 mod training;

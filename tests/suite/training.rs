@@ -360,7 +360,7 @@ fn mixed_precision_on_wgpu_tracks_f32_and_skips_overflowing_steps() {
 
 #[test]
 fn efficient_stochastic_depth_equals_the_masked_formulation() {
-    use dinov2_wgpu::model::block::drop_add_residual;
+    use dinov2_wgpu::model::block::{Kept, drop_add_residual};
     let device = ndarray_device();
     device.seed(7);
     let (b, n, d) = (4, 3, 8);
@@ -373,7 +373,7 @@ fn efficient_stochastic_depth_equals_the_masked_formulation() {
     let mut mean = vec![0.0f32; full.len()];
     let subsets: Vec<Vec<usize>> = (0..b).flat_map(|i| (i + 1..b).map(move |j| vec![i, j])).collect();
     for kept in &subsets {
-        let got = host(drop_add_residual(x.clone(), kept, residual));
+        let got = host(drop_add_residual(x.clone(), &Kept::subset(b, kept.clone()), residual));
         // the masked formulation: x + mask · (B / kept) · residual(x)
         let row = n * d;
         for s in 0..b {
@@ -395,7 +395,7 @@ fn efficient_stochastic_depth_equals_the_masked_formulation() {
     let err = max_abs_diff(&mean, &full);
     assert!(err < 1e-5, "expectation differs by {err}");
     // keeping everyone is the plain block
-    assert_eq!(host(drop_add_residual(x.clone(), &[0, 1, 2, 3], residual)), full);
+    assert_eq!(host(drop_add_residual(x.clone(), &Kept::subset(b, vec![0, 1, 2, 3]), residual)), full);
 }
 
 #[test]
