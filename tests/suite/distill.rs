@@ -195,3 +195,39 @@ fn distill_from_the_command_line_resumes_exactly_and_refuses_unpairable_teachers
     }
     assert!(!dir.join("refused").join(trainer::CHECKPOINT).exists());
 }
+
+#[test]
+fn distillation_on_two_cpu_devices_equals_one() {
+    let dir = Scratch::new("distill-devices");
+    let data_dir = dir.join("data");
+    image_folder(&data_dir, 2, 6, 8);
+    let teacher = teacher_run(&dir, s(&data_dir));
+    let c = student_config(&teacher);
+    let data = dinov2_wgpu::train::data::Dataset::open(s(&data_dir)).unwrap();
+    let run = |n: usize| {
+        let device = ndarray_device();
+        let mut state = TrainState::new(&c, &device).unwrap().on_devices(vec![device; n]).unwrap();
+        let mut losses = Vec::new();
+        for step in 0..3 {
+            let batch = make_batch(&c, &data, &[0, 3, 6, 9], step).unwrap();
+            losses.push(state.step(&c, &batch, step).unwrap().loss);
+        }
+        (losses, named_params(&state.teacher).unwrap())
+    };
+    let (one, ema_one) = run(1);
+    let (two, ema_two) = run(2);
+    for (a, b) in one.iter().zip(&two) {
+        for (x, y) in [(a.total, b.total), (a.dino_local, b.dino_local), (a.ibot, b.ibot), (a.koleo, b.koleo)]
+        {
+            assert!((x - y).abs() <= 1e-5 * (1.0 + x.abs()), "one device {a:?}, two {b:?}");
+        }
+    }
+    // the released EMA (key biases aside: see multi_device.rs)
+    for (name, t) in &ema_one {
+        if name.ends_with("attn.qkv.bias") {
+            continue;
+        }
+        let err = max_abs_diff(&t.data, &ema_two[name].data);
+        assert!(err <= 1e-5, "{name} differs by {err}");
+    }
+}
