@@ -325,6 +325,33 @@ pub struct TrainBench {
     pub memory_kind: &'static str,
 }
 
+/// Where memory is counted before a measured piece of work: the device pool's reservation on
+/// wgpu, the process's peak resident memory on the CPU ([`MemoryMark::growth`]).
+struct MemoryMark {
+    pool: Option<u64>,
+    rss: Option<u64>,
+}
+
+impl MemoryMark {
+    fn now(device: &Device) -> Self {
+        device.memory_cleanup();
+        Self { pool: device.memory_pool_usage().map(|u| u.bytes_reserved), rss: process_peak_rss() }
+    }
+
+    /// What the work took since: on wgpu the pools' reservation beyond the mark (they only grow
+    /// between clean-ups, so this is their peak), on the CPU the growth of the peak resident
+    /// memory (so measure in a fresh process).
+    fn growth(&self, device: &Device) -> (Option<u64>, &'static str) {
+        match (self.pool, device.memory_pool_usage().map(|u| u.bytes_reserved)) {
+            (Some(b), Some(a)) => (Some(a.saturating_sub(b)), "device pool reserved"),
+            _ => (
+                process_peak_rss().zip(self.rss).map(|(a, b)| a.saturating_sub(b)),
+                "process peak RSS growth",
+            ),
+        }
+    }
+}
+
 /// Peak resident memory of this process (`VmHWM`), Linux only.
 pub(crate) fn process_peak_rss() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -344,9 +371,7 @@ pub fn bench_train(
     steps: usize,
 ) -> Result<TrainBench> {
     use crate::train::trainer::{TrainState, make_batch};
-    device.memory_cleanup();
-    let pool_before = device.memory_pool_usage().map(|u| u.bytes_reserved);
-    let rss_before = process_peak_rss();
+    let mark = MemoryMark::now(device);
     let mut state = TrainState::new(c, device)?;
     let indices: Vec<usize> = (0..c.batch_size).map(|i| i % data.len()).collect();
     let batch = make_batch(c, data, &indices, 0)?;
@@ -359,13 +384,7 @@ pub fn bench_train(
     }
     sync(device)?;
     let seconds = start.elapsed().as_secs_f64();
-    let pool_after = device.memory_pool_usage().map(|u| u.bytes_reserved);
-    let (peak_bytes, memory_kind) = match (pool_before, pool_after) {
-        (Some(b), Some(a)) => (Some(a.saturating_sub(b)), "device pool reserved"),
-        _ => {
-            (process_peak_rss().zip(rss_before).map(|(a, b)| a.saturating_sub(b)), "process peak RSS growth")
-        }
-    };
+    let (peak_bytes, memory_kind) = mark.growth(device);
     Ok(TrainBench {
         images_per_second: (steps * c.batch_size) as f64 / seconds,
         ms_per_step: seconds * 1e3 / steps as f64,
@@ -381,7 +400,7 @@ pub struct StepMemory {
     pub batch_size: usize,
     pub global_size: usize,
     pub local_size: usize,
-    /// Peak memory of building the training state and running one step.
+    /// Peak memory of building the training state and running two steps.
     pub peak_bytes: Option<u64>,
     pub memory_kind: String,
     pub step_seconds: f64,
@@ -404,9 +423,8 @@ pub fn memory_recipe(
 }
 
 /// Two full training steps (state built, batches made, forward, backward, AdamW, EMA) of `c`
-/// on `device`: the peak memory they took and the seconds per step (compilation included on
-/// wgpu). Memory: on wgpu the device pool's growth, on the CPU the
-/// growth of the process's peak resident memory (so run it in a fresh process).
+/// on `device`: the peak memory they took ([`MemoryMark::growth`]: run it in a fresh process on
+/// the CPU) and the seconds per step (compilation included on wgpu).
 pub fn measure_step(
     c: &crate::train::TrainConfig,
     data: &crate::train::data::Dataset,
@@ -414,9 +432,7 @@ pub fn measure_step(
     checkpointing: bool,
 ) -> Result<(Option<u64>, &'static str, f64)> {
     use crate::train::trainer::{TrainState, make_batch};
-    device.memory_cleanup();
-    let pool_before = device.memory_pool_usage().map(|u| u.bytes_reserved);
-    let rss_before = process_peak_rss();
+    let mark = MemoryMark::now(device);
     let start = Instant::now();
     let mut state = TrainState::new_with(c, device, checkpointing)?;
     let indices: Vec<usize> = (0..c.batch_size).map(|i| i % data.len()).collect();
@@ -428,15 +444,8 @@ pub fn measure_step(
     }
     sync(device)?;
     let seconds = start.elapsed().as_secs_f64() / 2.0;
-    let pool_after = device.memory_pool_usage().map(|u| u.bytes_reserved);
-    Ok(match (pool_before, pool_after) {
-        (Some(b), Some(a)) => (Some(a.saturating_sub(b)), "device pool reserved", seconds),
-        _ => (
-            process_peak_rss().zip(rss_before).map(|(a, b)| a.saturating_sub(b)),
-            "process peak RSS growth",
-            seconds,
-        ),
-    })
+    let (peak, kind) = mark.growth(device);
+    Ok((peak, kind, seconds))
 }
 
 /// Memory this machine has available now (`MemAvailable`), Linux only.

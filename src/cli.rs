@@ -1138,6 +1138,8 @@ fn bench_memory(args: BenchMemoryArgs) -> Result<()> {
     if let Some(path) = &args.json {
         check_output_dir(path)?;
     }
+    // the plan counts the CPU attention's N × N moment on ndarray only
+    let cpu = backend::resolve(BackendKind::parse(&args.backend)?) == BackendKind::Ndarray;
     println!(
         "two training steps per preset{}: batch {}, 2 global crops of {} px + the recipe's local crops of {} px, f32; {}",
         args.depth.map(|d| format!(" (depth {d})")).unwrap_or_default(),
@@ -1153,7 +1155,6 @@ fn bench_memory(args: BenchMemoryArgs) -> Result<()> {
     let mut records = Vec::new();
     for (preset, c) in &recipes {
         let p = plan(c);
-        let cpu = backend::resolve(BackendKind::parse(&args.backend)?) == BackendKind::Ndarray;
         let predicted = p.step(c.batch_size, cpu);
         let measured = if args.plan_only {
             None

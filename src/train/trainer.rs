@@ -403,7 +403,7 @@ pub fn student_forward(c: &TrainConfig, student: &SslModel, batch: &Batch, devic
 pub enum Koleo {
     /// From its own global CLS (the whole batch is on one device).
     Direct,
-    /// `−∂L/∂x̂` of the whole batch's KoLeo loss for this shard's normalised CLS rows
+    /// `∂L/∂x̂` of the whole batch's KoLeo loss for this shard's normalised CLS rows
     /// `[n_global · b, D]` (see [`koleo_gradient`]): the loss gets `Σ g · x̂`, whose gradient is
     /// the whole batch's.
     Gradient(Box<Tensor<2>>),

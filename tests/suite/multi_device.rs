@@ -178,7 +178,6 @@ fn koleo_gradient_written_out_equals_autodiff() {
     device.seed(3);
     for (n, d) in [(2, 8), (5, 16), (17, 32)] {
         let x = Tensor::<2>::random([n, d], Distribution::Normal(0.0, 1.0), &device);
-        let ad = device.clone().autodiff();
         let xa = Tensor::<2>::from_inner(x.clone()).require_grad();
         let loss = dinov2_wgpu::kernels::koleo_loss(xa.clone());
         let grads = loss.clone().backward();
@@ -190,7 +189,6 @@ fn koleo_gradient_written_out_equals_autodiff() {
         let surrogate =
             (Tensor::<2>::from_inner(g) * dinov2_wgpu::kernels::l2_normalize_rows(xb.clone())).sum();
         let got = host(xb.grad(&surrogate.backward()).unwrap());
-        let _ = ad;
         assert_close(&format!("KoLeo value n={n}"), &host(value), &want_loss, 1e-5);
         assert_close(&format!("KoLeo gradient n={n}"), &got, &want, 1e-5);
     }
@@ -262,6 +260,7 @@ fn train_on_two_cpu_devices_from_the_cli_then_resume_on_one() {
 fn gradient_checkpointing_gives_the_same_steps() {
     let (c, data, _dir, init) = setup(4);
     let run_with = |checkpointing: bool| {
+        use burn::tensor::GradientCheckpointingStrategy;
         let mut state = TrainState::new_with(&c, &ndarray_device(), checkpointing).unwrap();
         state.student = load_named_params(state.student, &init, "").unwrap();
         state.teacher = load_named_params(state.teacher, &init, "").unwrap();
@@ -270,6 +269,14 @@ fn gradient_checkpointing_gives_the_same_steps() {
             let batch = make_batch(&c, &data, &[0, 3, 6, 9], step).unwrap();
             losses.push(state.step(&c, &batch, step).unwrap().loss.total);
         }
+        // the strategy is on, and the optimizer's new parameters keep it
+        let strategy =
+            state.student.backbone.blocks[0].attn.qkv.weight.val().gradient_checkpointing_strategy();
+        assert_eq!(
+            strategy == Some(GradientCheckpointingStrategy::Balanced),
+            checkpointing,
+            "checkpointing {checkpointing}: strategy {strategy:?}"
+        );
         (losses, named_params(&state.student).unwrap())
     };
     let (plain_losses, plain) = run_with(false);
