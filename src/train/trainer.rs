@@ -542,6 +542,30 @@ pub fn step_loss(
 
 /// Rows of one tensor per shard, each made of `n_global` chunks (`lens[s][h]` rows of chunk
 /// `h`), put in the whole batch's order (chunk-major, then shard) on `device`.
+/// `f(0)`, …, `f(n - 1)`, each shard on its own thread (shard 0 on this one), with this step's
+/// autocast type set on every thread: devices work at the same time (CPU devices on separate
+/// cores, wgpu devices on separate queues' submissions).
+fn per_shard<T: Send>(n: usize, compute: Option<DType>, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    if n == 1 {
+        return vec![f(0)];
+    }
+    std::thread::scope(|scope| {
+        let f = &f;
+        let others: Vec<_> = (1..n)
+            .map(|s| {
+                scope.spawn(move || {
+                    let _scope = precision::autocast(compute);
+                    f(s)
+                })
+            })
+            .collect();
+        let first = f(0);
+        std::iter::once(first)
+            .chain(others.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))))
+            .collect()
+    })
+}
+
 fn gather_chunks(parts: Vec<Option<Tensor<2>>>, lens: &[Vec<usize>], device: &Device) -> Option<Tensor<2>> {
     if let [part] = &parts[..] {
         // one shard is the whole batch, in order
@@ -846,12 +870,13 @@ impl TrainState {
                     .collect()
             })
             .collect();
-        let (cls_logits, patch_logits): (Vec<_>, Vec<_>) = (0..n)
-            .map(|s| {
-                let logits = teacher_logits(c, &teachers[s], &batches[s], &devices[s]);
-                (Some(logits.cls), logits.patch)
-            })
-            .unzip();
+        let compute = self.compute;
+        let (cls_logits, patch_logits): (Vec<_>, Vec<_>) = per_shard(n, compute, |s| {
+            let logits = teacher_logits(c, &teachers[s], &batches[s], &devices[s]);
+            (Some(logits.cls), logits.patch)
+        })
+        .into_iter()
+        .unzip();
         let whole = TeacherLogits {
             cls: gather_chunks(cls_logits, &cls_lens, &main).expect("a batch has images"),
             patch: gather_chunks(patch_logits, &patch_lens, &main),
@@ -875,7 +900,7 @@ impl TrainState {
             .map(|s| if s == 0 { self.student.clone() } else { self.student.clone().fork(&autodiff[s]) })
             .collect();
         let outputs: Vec<StudentOutput> =
-            (0..n).map(|s| student_forward(c, &students[s], &batches[s], &autodiff[s])).collect();
+            per_shard(n, compute, |s| student_forward(c, &students[s], &batches[s], &autodiff[s]));
 
         // KoLeo over the whole batch
         let with_koleo = c.koleo_loss_weight > 0.0 && c.dino_loss_weight > 0.0;
@@ -897,28 +922,36 @@ impl TrainState {
         };
 
         // every shard's losses, then (all finite) its backward
+        // targets enter without autodiff: constants in the student's graph, whatever its
+        // checkpointing
+        let inputs: Vec<_> = outputs
+            .into_iter()
+            .zip(cls_targets)
+            .zip(patch_targets.iter_mut().map(Option::take))
+            .zip(koleo.iter_mut().map(|k| std::mem::replace(k, Koleo::Direct)))
+            .map(|(((output, cls), patch), kind)| {
+                std::sync::Mutex::new(Some((output, (cls.expect("every shard has rows"), patch), kind)))
+            })
+            .collect();
+        let losses = per_shard(n, compute, |s| {
+            let (output, targets, kind) =
+                inputs[s].lock().expect("one thread per shard").take().expect("once");
+            let (backward, total, parts) = shard_loss(c, output, targets, &batches[s], kind, &autodiff[s]);
+            let read =
+                crate::features::to_host(Tensor::cat(std::iter::once(total).chain(parts).collect(), 0))
+                    .map_err(|e| Error::Device(format!("cannot read the loss back: {e}")));
+            (backward, read)
+        });
         let mut values = vec![0.0f64; 5];
         values[0] += koleo_value;
         values[3] += koleo_value;
         let mut to_backward = Vec::with_capacity(n);
-        for (s, output) in outputs.into_iter().enumerate() {
-            // without autodiff: a constant in the student's graph, whatever its checkpointing
-            let on_student = |t: Tensor<2>| t;
-            let targets = (
-                on_student(cls_targets[s].clone().expect("every shard has rows")),
-                patch_targets[s].take().map(on_student),
-            );
-            let kind = std::mem::replace(&mut koleo[s], Koleo::Direct);
-            let (backward, total, parts) = shard_loss(c, output, targets, &batches[s], kind, &autodiff[s]);
-            let read =
-                crate::features::to_host(Tensor::cat(std::iter::once(total).chain(parts).collect(), 0))
-                    .map_err(|e| Error::Device(format!("cannot read the loss back: {e}")))?;
-            for (v, r) in values.iter_mut().zip(read) {
+        for (backward, read) in losses {
+            for (v, r) in values.iter_mut().zip(read?) {
                 *v += r as f64;
             }
-            to_backward.push(backward);
+            to_backward.push(std::sync::Mutex::new(Some(backward)));
         }
-        drop(scope);
         if values.iter().any(|v| !v.is_finite()) {
             return Err(Error::Training(format!(
                 "loss became non-finite at step {step} (total {}, parts {:?})",
@@ -927,13 +960,15 @@ impl TrainState {
             )));
         }
         let loss_scale = self.scaler.map_or(1.0, |s| s.scale);
-        let mut accumulator = GradientsAccumulator::<SslModel>::new();
-        for (s, loss) in to_backward.into_iter().enumerate() {
+        let shard_grads = per_shard(n, compute, |s| {
+            let loss = to_backward[s].lock().expect("one thread per shard").take().expect("once");
             let grads = if loss_scale == 1.0 { loss } else { loss.mul_scalar(loss_scale) }.backward();
-            let mut grads = GradientsParams::from_grads(grads, &students[s]);
-            if s > 0 {
-                grads = grads.to_device(&main, &students[s]);
-            }
+            let grads = GradientsParams::from_grads(grads, &students[s]);
+            if s > 0 { grads.to_device(&main, &students[s]) } else { grads }
+        });
+        drop(scope);
+        let mut accumulator = GradientsAccumulator::<SslModel>::new();
+        for grads in shard_grads {
             accumulator.accumulate(&self.student, grads);
         }
         Ok((values, accumulator.grads()))
