@@ -164,7 +164,7 @@ pub fn device_name(device: &Device) -> Option<String> {
 }
 
 /// The devices of `--devices`: `cpu:N` (N shards on burn's ndarray backend, which has one
-/// device: they share the machine's cores, for testing and for memory per shard, not speed)
+/// device: training runs each shard on its own thread, so N cores work at once)
 /// or comma-separated wgpu adapter indices as `dinov2 info` lists them (`0,1,2,3`). An index
 /// given twice opens a second handle on the same adapter, sharing its wgpu device and queue.
 #[cfg(feature = "native")]

@@ -136,7 +136,9 @@ pub struct RunArgs {
     pub backend: String,
     /// Split every step's batch over several devices (burn's multi-device strategy: gradients
     /// summed on the first): wgpu adapter indices as `dinov2 info` lists them (`0,1,2,3`; an
-    /// index twice opens two handles on one adapter) or `cpu:N`. Replaces --backend.
+    /// index twice opens two handles on one adapter) or `cpu:N`. Replaces --backend. Default:
+    /// the one device of --backend, or on the CPU backend `cpu:N` with N the cores available
+    /// (each device runs on its own thread).
     #[arg(long, conflicts_with = "backend")]
     pub devices: Option<String>,
     /// Burn's gradient checkpointing: memory-bound operations recompute their outputs in the
@@ -801,7 +803,18 @@ fn run_recipe(
     let data = crate::train::data::Dataset::open(&data_spec)?;
     let devices = match &args.devices {
         Some(spec) => backend::devices(spec)?,
-        None => vec![open_device(&args.backend)?],
+        None => {
+            let device = open_device(&args.backend)?;
+            // on the CPU backend a device per core: ndarray runs each operation on one thread,
+            // the shards run on a thread each (the same steps, within rounding)
+            let cores = std::thread::available_parallelism().map_or(1, usize::from);
+            let shards = cores.min(config.batch_size);
+            if backend::resolve(BackendKind::parse(&args.backend)?) == BackendKind::Ndarray && shards > 1 {
+                backend::devices(&format!("cpu:{shards}"))?
+            } else {
+                vec![device]
+            }
+        }
     };
     let device = devices[0].clone();
     if devices.len() > 1 {
@@ -813,8 +826,9 @@ fn run_recipe(
             )));
         }
         eprintln!(
-            "{} devices, {} images per step each",
+            "{} devices, a thread each{}, {} images per step each",
             devices.len(),
+            if args.devices.is_none() { " (one per CPU core; --devices cpu:1 for one)" } else { "" },
             config.batch_size.div_ceil(devices.len())
         );
     }

@@ -232,12 +232,12 @@ fn train_on_two_cpu_devices_from_the_cli_then_resume_on_one() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stderr).to_string()
     };
-    run([base(&straight), vec!["--backend".into(), "ndarray".into()]].concat());
+    run([base(&straight), vec!["--devices".into(), "cpu:1".into()]].concat());
     let stderr =
         run([base(&split), vec!["--devices".into(), "cpu:2".into(), "--steps".into(), "2".into()]].concat());
-    assert!(stderr.contains("2 devices, 2 images per step each"), "{stderr}");
+    assert!(stderr.contains("2 devices, a thread each, 2 images per step each"), "{stderr}");
     // the devices are not part of the recipe: the run resumes on one
-    run([base(&split), vec!["--backend".into(), "ndarray".into(), "--resume".into()]].concat());
+    run([base(&split), vec!["--devices".into(), "cpu:1".into(), "--resume".into()]].concat());
     let (a, b) = (losses(&straight), losses(&split));
     assert_eq!(a.len(), 4);
     assert_eq!(a.iter().map(|x| x.0).collect::<Vec<_>>(), b.iter().map(|x| x.0).collect::<Vec<_>>());
