@@ -24,7 +24,8 @@ if [ ! -f "$teacher/checkpoint.safetensors" ]; then
 fi
 cargo build --release
 bin=target/release/dinov2
-common=(--data fashion-mnist-train --max-minutes "$minutes" --checkpoint-every 130 --keep-snapshots --overwrite --quiet)
+# one device each, as the schedules above were sized (the CPU default is a device per core)
+common=(--devices cpu:1 --data fashion-mnist-train --max-minutes "$minutes" --checkpoint-every 130 --keep-snapshots --overwrite --quiet)
 $bin distill --teacher "$teacher" --student-preset tiny --out runs/distill-tiny --total-steps "$distill_steps" "${common[@]}"
 $bin train --preset tiny --out runs/scratch-tiny --total-steps "$scratch_steps" "${common[@]}"
 knn() { $bin eval knn --train fashion-mnist-train --test fashion-mnist-test "$@"; }

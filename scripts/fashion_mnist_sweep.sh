@@ -27,6 +27,12 @@ variants = {
     "mild_crops_koleo_0.3": {"crops.global_scale": [0.7, 1.0], "crops.local_scale": [0.25, 0.6],
                              "koleo_loss_weight": 0.3},
     "no_ibot": {"ibot_loss_weight": 0.0},
+    "patch_embed_lr_1_no_layer_decay": {"patch_embed_lr_mult": 1.0, "layerwise_decay": 1.0},
+    "no_blur": {"crops.blur_kernel": 1},
+    "patch_4_width_64": {"arch.patch_size": 4, "arch.embed_dim": 64, "arch.num_heads": 1,
+                         "arch.ffn_hidden": 256, "arch.pos_grid": 7, "crops.local_size": 12},
+    # the same images as the others in twice the steps
+    "batch_32": {"batch_size": 32, "total_steps": 600, "epoch_length": 60},
 }
 for name, changes in variants.items():
     c = copy.deepcopy(base)
@@ -42,14 +48,16 @@ PY
 run() {
   local name=$1
   RAYON_NUM_THREADS=1 $bin train --config "$out/$name.json" --data fashion-mnist-train --out "$out/$name" \
-    --overwrite --keep-snapshots --quiet
-  for step in 100 200 300; do
-    top1=$($bin eval knn --weights "$out/$name/snapshots/teacher_step$step.safetensors" --size 28 \
+    --devices cpu:1 --overwrite --keep-snapshots --quiet
+  for f in $(ls "$out/$name"/snapshots/teacher_step*.safetensors | sort -V); do
+    step=${f##*teacher_step}; step=${step%.safetensors}
+    top1=$($bin eval knn --weights "$f" --size 28 \
       --limit-train 10000 --limit-test 2000 --train fashion-mnist-train --test fashion-mnist-test | awk '/k=20 /{print $3}')
     echo "$name step $step k=20 $top1"
   done > "$out/$name.knn"
 }
-names=(base lr_x3 softmax_centering prototypes_256 teacher_temp_0.04 light_aug mild_crops_koleo_0.3 no_ibot)
+names=(base lr_x3 softmax_centering prototypes_256 teacher_temp_0.04 light_aug mild_crops_koleo_0.3 no_ibot
+  patch_embed_lr_1_no_layer_decay no_blur patch_4_width_64 batch_32)
 for ((i = 0; i < ${#names[@]}; i += 2)); do
   run "${names[i]}" & run "${names[i+1]}" & wait
 done
