@@ -5,7 +5,6 @@
 # wasm-bindgen-cli is built once with cargo into a cache outside the clone.
 #
 #   bash web/build.sh            # then serve web/www/ (web/test.sh does, and tests it)
-#   bash web/build.sh --packages # only install the Debian packages it needs, then exit
 #
 # DINOV2_WEB_TOOLS (default ~/.cache/dinov2-web): where wasm-bindgen-cli is installed.
 # DINOV2_WEB_TARGET (default web/target): the wasm build folder.
@@ -28,7 +27,6 @@ if [ ${#need[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
 fi
-[ "${1:-}" = --packages ] && exit 0
 
 tools=${DINOV2_WEB_TOOLS:-$HOME/.cache/dinov2-web}
 if ! "$tools/bin/wasm-bindgen" --version 2>/dev/null | grep -q " $WASM_BINDGEN\$"; then
