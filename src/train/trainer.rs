@@ -540,8 +540,6 @@ pub fn step_loss(
     (total, parts)
 }
 
-/// Rows of one tensor per shard, each made of `n_global` chunks (`lens[s][h]` rows of chunk
-/// `h`), put in the whole batch's order (chunk-major, then shard) on `device`.
 /// `f(0)`, …, `f(n - 1)`, each shard on its own thread (shard 0 on this one), with this step's
 /// autocast type set on every thread: devices work at the same time (CPU devices on separate
 /// cores, wgpu devices on separate queues' submissions).
@@ -566,6 +564,8 @@ fn per_shard<T: Send>(n: usize, compute: Option<DType>, f: impl Fn(usize) -> T +
     })
 }
 
+/// Rows of one tensor per shard, each made of `n_global` chunks (`lens[s][h]` rows of chunk
+/// `h`), put in the whole batch's order (chunk-major, then shard) on `device`.
 fn gather_chunks(parts: Vec<Option<Tensor<2>>>, lens: &[Vec<usize>], device: &Device) -> Option<Tensor<2>> {
     if let [part] = &parts[..] {
         // one shard is the whole batch, in order
