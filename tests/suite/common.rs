@@ -17,13 +17,28 @@ pub fn wgpu_device() -> Device {
         .unwrap_or_else(|e| panic!("wgpu device needed for this test: {e}"))
 }
 
+/// Handle `copy` of wgpu adapter 0, a burn device of its own on the default device's wgpu
+/// device (copy 0 is the default device). burn runs each device's work, kernel compilation
+/// included, on one thread: tests on different handles compile side by side instead of taking
+/// turns (measured cold on lavapipe, the two `adapter_training` tests: 285 s and 303 s each
+/// alone, 315 s and 367 s side by side on two handles; the whole suite 13 min 26 s with both
+/// on the default device, 11 min 16 s on their own handles).
+pub fn wgpu_handle(copy: usize) -> Device {
+    let main = wgpu_device();
+    let spec = vec!["0"; copy + 1].join(",");
+    let handles = dinov2_wgpu::backend::devices(&spec).unwrap_or_else(|e| panic!("wgpu handle {copy}: {e}"));
+    assert!(handles[0] == main, "adapter 0 is the default device");
+    handles[copy].clone()
+}
+
 /// Tests keep autotuning to its minimum: each new shape would otherwise time many kernel
-/// candidates on the slow software adapter.
+/// candidates on the slow software adapter. cubecl's other `CUBECL_*` variables still apply
+/// (`CUBECL_DEBUG_LOG=stderr`, `CUBECL_DEBUG_OPTION=profile`: compilations, kernel times).
 fn minimal_autotuning() {
     use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig, autotune::AutotuneLevel};
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let mut config = CubeClRuntimeConfig::default();
+        let mut config = CubeClRuntimeConfig::default().override_from_env();
         config.autotune.level = AutotuneLevel::Minimal;
         // false where cubecl already read its configuration: then autotuning stays as it was
         let _ = CubeClRuntimeConfig::try_set(config);

@@ -1,6 +1,7 @@
 //! The integration tests, one binary (each test binary links all of burn, so one link instead
 //! of four saves minutes of a cold CI run).
 
+mod adapter_training;
 mod backbone_parity;
 mod checkpoint;
 mod cli;
