@@ -8,7 +8,7 @@ use burn::module::Module;
 
 use crate::common::*;
 use crate::multi_device::{assert_equivalent, run, setup};
-use crate::training::{image_folder, micro_config};
+use crate::training::{image_folder, layer_scale_one, micro_config};
 
 /// Mixed precision on the wgpu adapter (lavapipe has shader-f16): the f16 matrix products
 /// change the losses by rounding only (against f32 on the CPU backend), the parameters stay
@@ -39,16 +39,12 @@ fn mixed_precision_on_wgpu_tracks_f32_and_skips_overflowing_steps() {
     let data = dinov2_wgpu::train::data::Dataset::open(s(&data_dir)).unwrap();
     let mut c = micro_config();
     c.arch.depth = 1;
-    // as in the wgpu test above: blocks with weight, so KoLeo's neighbours are not ties
     let mut weights = named_params(&SslModel::new(&c, &ndarray_device().autodiff())).unwrap();
-    for (name, t) in weights.iter_mut() {
-        if name.ends_with(".ls1") || name.ends_with(".ls2") {
-            t.data.iter_mut().for_each(|v| *v = 1.0);
-        }
-    }
+    layer_scale_one(&mut weights);
     let batches: Vec<_> = (0..3).map(|step| make_batch(&c, &data, &[0, 1, 2, 3], step).unwrap()).collect();
-    // the f32 run on the CPU backend: f32 on wgpu equals it (the recipe test above), and each
-    // new kernel costs seconds of compilation on a software adapter
+    // the f32 run on the CPU backend: f32 on wgpu equals it (training::the_recipe_gives_the_
+    // same_losses_on_wgpu_as_on_ndarray), and each new kernel costs seconds of compilation on
+    // a software adapter
     let cpu = ndarray_device();
     let state = |precision: Precision| {
         let mut c = c.clone();

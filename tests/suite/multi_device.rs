@@ -9,7 +9,7 @@ use dinov2_wgpu::train::params::{HostTensor, load_named_params, named_params};
 use dinov2_wgpu::train::trainer::{TrainState, make_batch};
 
 use crate::common::*;
-use crate::training::{image_folder, micro_config};
+use crate::training::{image_folder, layer_scale_one, micro_config};
 
 /// Run `steps` steps of `c` from the weights `init` with each batch split over `devices`
 /// (`devices[0]` the main device): the losses of every step and the final student, teacher.
@@ -55,11 +55,7 @@ pub(crate) fn setup(
     c.freeze_last_layer_epochs = 0.0;
     let state = TrainState::new(&c, &ndarray_device()).unwrap();
     let mut init = named_params(&state.student).unwrap();
-    for (name, t) in init.iter_mut() {
-        if name.ends_with(".ls1") || name.ends_with(".ls2") {
-            t.data.iter_mut().for_each(|v| *v = 1.0);
-        }
-    }
+    layer_scale_one(&mut init);
     (c, data, dir, init)
 }
 

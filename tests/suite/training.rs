@@ -41,6 +41,16 @@ pub(crate) fn micro_config() -> TrainConfig {
     c
 }
 
+/// LayerScale gammas of `params` set to 1: at 1e-5 every CLS feature is nearly the same, and
+/// KoLeo's nearest neighbours are then ties decided by rounding; this gives the blocks weight.
+pub(crate) fn layer_scale_one(params: &mut BTreeMap<String, HostTensor>) {
+    for (name, t) in params.iter_mut() {
+        if name.ends_with(".ls1") || name.ends_with(".ls2") {
+            t.data.iter_mut().for_each(|v| *v = 1.0);
+        }
+    }
+}
+
 /// `n` random 28 × 28 PNGs per class; class `k` has mean brightness `60 + 120 k`.
 pub(crate) fn image_folder(dir: &Path, classes: usize, n: usize, seed: u64) {
     let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -230,13 +240,7 @@ fn the_recipe_gives_the_same_losses_on_wgpu_as_on_ndarray() {
     let gpu = wgpu_device();
     let reference = SslModel::new(&c, &cpu.clone().autodiff());
     let mut weights = dinov2_wgpu::train::params::named_params(&reference).unwrap();
-    // LayerScale at 1e-5 makes every CLS feature nearly the same, and KoLeo's nearest
-    // neighbours then ties decided by rounding: give the blocks weight
-    for (name, t) in weights.iter_mut() {
-        if name.ends_with(".ls1") || name.ends_with(".ls2") {
-            t.data.iter_mut().for_each(|v| *v = 1.0);
-        }
-    }
+    layer_scale_one(&mut weights);
     let batch = make_batch(&c, &data, &[0, 1, 2, 3], 5).unwrap();
     let mut results = Vec::new();
     for device in [&cpu, &gpu] {
