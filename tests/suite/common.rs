@@ -34,8 +34,10 @@ pub fn wgpu_handle(copy: usize) -> Device {
 /// Tests keep autotuning to its minimum: each new shape would otherwise time many kernel
 /// candidates on the slow software adapter. At the minimal level cubecl still times every
 /// candidate on lavapipe (none reaches the 60% of peak that ends the search early), so each
-/// is timed once, not 3 to 10 times (warm two-handles test: 108 s -> 92 s). cubecl's other `CUBECL_*` variables still apply
-/// (`CUBECL_DEBUG_LOG=stderr`, `CUBECL_DEBUG_OPTION=profile`: compilations, kernel times).
+/// is timed once, not 3 to 10 times (the two-handles test with lavapipe's shader cache warm:
+/// 108 s -> 92 s; from a cold cache the suite showed no difference, 659 s against 643 s).
+/// cubecl's other `CUBECL_*` variables still apply (`CUBECL_DEBUG_LOG=stderr`,
+/// `CUBECL_DEBUG_OPTION=profile`: compilations, kernel times).
 fn minimal_autotuning() {
     use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig, autotune::AutotuneLevel};
     static ONCE: std::sync::Once = std::sync::Once::new();
