@@ -9,7 +9,8 @@
 //! [`KernelOps`] is implemented by burn's wgpu backend with the WGSL kernels ([`wgsl`]), by the
 //! ndarray backend with the `*_reference` functions below (plain burn tensor ops: the test
 //! oracle, the benchmark baseline and the CPU implementation), and by autodiff with a
-//! hand-written attention backward ([`autodiff`]). Fusion sees the kernels as opaque custom ops.
+//! hand-written attention backward ([`autodiff`]). burn's fusion (the default `fusion`
+//! feature) sees the kernels as opaque custom ops; the browser build goes without it.
 //!
 //! The public functions ([`attention`], [`sinkhorn_knopp`], [`koleo_nearest`], [`koleo_loss`])
 //! take and return ordinary tensors on any of these devices.
@@ -26,11 +27,14 @@ mod cpu;
 pub mod shaders;
 pub mod wgsl;
 
+#[cfg(feature = "fusion")]
 use burn::backend::fusion::custom::TensorSpec;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, Dispatch, backend_extension};
+#[cfg(feature = "fusion")]
+use burn::tensor::Shape;
 use burn::tensor::activation::softmax;
-use burn::tensor::{DType, Int, Shape, Tensor};
+use burn::tensor::{DType, Int, Tensor};
 
 /// The head width the attention kernels are written for (every preset uses it).
 pub const HEAD_DIM: usize = 64;
@@ -39,7 +43,7 @@ pub const HEAD_DIM: usize = 64;
 /// f32): well under the 128 MiB storage binding of software adapters and browsers.
 pub const MAX_SCORE_ELEMENTS: usize = 8 << 20;
 
-#[backend_extension(Cube, Fusion, NdArray: cfg(feature = "native"), Autodiff: cfg(feature = "native"))]
+#[backend_extension(Cube, Fusion: cfg(feature = "fusion"), NdArray: cfg(feature = "native"), Autodiff: cfg(feature = "native"))]
 pub trait KernelOps: Backend {
     /// `softmax(scale · q kᵀ) v` for q, k, v `[B, H, N, 64]`: the differentiable entry point.
     #[fusion(dtype = q, shape = q)]
@@ -101,6 +105,7 @@ pub trait KernelOps: Backend {
     ) -> (FloatTensor<Self>, IntTensor<Self>);
 }
 
+#[cfg(feature = "fusion")]
 fn attention_forward_meta(
     q: &TensorSpec,
     _k: &TensorSpec,
@@ -111,6 +116,7 @@ fn attention_forward_meta(
     (q.clone(), TensorSpec::new(Shape::new([d[0], d[1], d[2]]), DType::F32))
 }
 
+#[cfg(feature = "fusion")]
 #[allow(clippy::too_many_arguments)]
 fn attention_backward_meta(
     q: &TensorSpec,
@@ -124,6 +130,7 @@ fn attention_backward_meta(
     (q.clone(), k.clone(), v.clone())
 }
 
+#[cfg(feature = "fusion")]
 fn knn_meta(
     _queries: &TensorSpec,
     _chunk: &TensorSpec,
@@ -135,6 +142,7 @@ fn knn_meta(
     (sims.clone(), indices.clone())
 }
 
+#[cfg(feature = "fusion")]
 fn koleo_meta(x: &TensorSpec) -> TensorSpec {
     TensorSpec::new(Shape::new([x.shape.as_slice()[0]]), DType::I32)
 }
