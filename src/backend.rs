@@ -163,6 +163,29 @@ pub fn device_name(device: &Device) -> Option<String> {
     device.identity().map(|id| id.name)
 }
 
+/// The largest tensor, in bytes, that `device` can hold in one buffer and bind to a kernel:
+/// on wgpu the smaller of its adapter's maximum storage binding and maximum buffer (128 MiB
+/// on lavapipe and in browsers, gigabytes on most GPUs); `None` on the CPU backend (no limit
+/// but memory).
+pub fn max_tensor_bytes(device: &Device) -> Option<u64> {
+    let name = device_name(device)?;
+    adapters().iter().find(|a| a.name == name).map(|a| a.max_storage_binding.min(a.max_buffer))
+}
+
+/// An error where a tensor of `bytes` (`what`) cannot be one buffer on `device`
+/// ([`max_tensor_bytes`]), with `hint` on what makes it smaller.
+pub fn check_tensor_fits(device: &Device, bytes: u64, what: &str, hint: &str) -> Result<()> {
+    match max_tensor_bytes(device) {
+        Some(limit) if bytes > limit => Err(Error::Device(format!(
+            "{what} takes {} MiB in one buffer, above the {} MiB this adapter ({}) can bind: {hint}",
+            bytes.div_ceil(1 << 20),
+            limit >> 20,
+            device_name(device).unwrap_or_default()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The devices of `--devices`: `cpu:N` (N shards on burn's ndarray backend, which has one
 /// device: training runs each shard on its own thread, so N cores work at once)
 /// or comma-separated wgpu adapter indices as `dinov2 info` lists them (`0,1,2,3`). An index

@@ -326,29 +326,80 @@ pub struct TrainBench {
 }
 
 /// Where memory is counted before a measured piece of work: the device pool's reservation on
-/// wgpu, the process's peak resident memory on the CPU ([`MemoryMark::growth`]).
+/// wgpu, the process's peak memory on the CPU ([`MemoryMark::growth`]).
 struct MemoryMark {
     pool: Option<u64>,
     rss: Option<u64>,
+    /// On the CPU: resident + swapped memory, sampled while the work runs.
+    sampler: Option<PeakSampler>,
 }
 
 impl MemoryMark {
     fn now(device: &Device) -> Self {
         device.memory_cleanup();
-        Self { pool: device.memory_pool_usage().map(|u| u.bytes_reserved), rss: process_peak_rss() }
+        let pool = device.memory_pool_usage().map(|u| u.bytes_reserved);
+        let sampler = if pool.is_none() { PeakSampler::start() } else { None };
+        Self { pool, rss: process_peak_rss(), sampler }
     }
 
     /// What the work took since: on wgpu the pools' reservation beyond the mark (they only grow
-    /// between clean-ups, so this is their peak), on the CPU the growth of the peak resident
-    /// memory (so measure in a fresh process).
-    fn growth(&self, device: &Device) -> (Option<u64>, &'static str) {
+    /// between clean-ups, so this is their peak), on the CPU the growth of the process's peak
+    /// memory (so measure in a fresh process): the kernel's peak resident size, or the resident
+    /// plus swapped size sampled every 10 ms where that is larger (a step that only fits with
+    /// swap).
+    fn growth(self, device: &Device) -> (Option<u64>, &'static str) {
         match (self.pool, device.memory_pool_usage().map(|u| u.bytes_reserved)) {
             (Some(b), Some(a)) => (Some(a.saturating_sub(b)), "device pool reserved"),
-            _ => (
-                process_peak_rss().zip(self.rss).map(|(a, b)| a.saturating_sub(b)),
-                "process peak RSS growth",
-            ),
+            _ => {
+                let resident = process_peak_rss().zip(self.rss).map(|(a, b)| a.saturating_sub(b));
+                let sampled = self.sampler.and_then(PeakSampler::stop);
+                match (resident, sampled) {
+                    (Some(r), Some(s)) if s > r => (Some(s), "process peak resident + swapped growth"),
+                    _ => (resident, "process peak RSS growth"),
+                }
+            }
         }
+    }
+}
+
+/// Resident plus swapped memory of this process (`VmRSS` + `VmSwap`), Linux only.
+fn process_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = |key: &str| -> Option<u64> {
+        status.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some((kib("VmRSS:")? + kib("VmSwap:").unwrap_or(0)) * 1024)
+}
+
+/// The largest growth of [`process_memory`] over its value at the start, sampled every 10 ms
+/// on a thread of its own: the kernel keeps a peak of the resident size (`VmHWM`) but none of
+/// resident + swapped.
+struct PeakSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+    base: u64,
+}
+
+impl PeakSampler {
+    fn start() -> Option<Self> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let base = process_memory()?;
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = base;
+            while !flag.load(Ordering::Relaxed) {
+                peak = peak.max(process_memory().unwrap_or(0));
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            peak.max(process_memory().unwrap_or(0))
+        });
+        Some(Self { stop, thread, base })
+    }
+
+    fn stop(self) -> Option<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().ok().map(|peak| peak.saturating_sub(self.base))
     }
 }
 
@@ -448,9 +499,12 @@ pub fn measure_step(
     Ok((peak, kind, seconds))
 }
 
-/// Memory this machine has available now (`MemAvailable`), Linux only.
-pub fn available_memory() -> Option<u64> {
+/// Memory this machine has available now: RAM (`MemAvailable`) and free swap (`SwapFree`),
+/// in bytes, Linux only.
+pub fn available_memory() -> Option<(u64, u64)> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kib| kib * 1024)
+    let kib = |key: &str| -> Option<u64> {
+        info.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some((kib("MemAvailable:")? * 1024, kib("SwapFree:").unwrap_or(0) * 1024))
 }

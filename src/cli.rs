@@ -1173,13 +1173,23 @@ fn bench_memory(args: BenchMemoryArgs) -> Result<()> {
         let measured = if args.plan_only {
             None
         } else {
-            if let Some(available) = available_memory().filter(|&a| a < predicted && !args.force) {
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+            if let Some((ram, swap)) = available_memory().filter(|&(r, s)| r + s < predicted && !args.force) {
                 return Err(Error::Usage(format!(
-                    "{preset}: the plan needs {:.1} GiB for a step of {} images, this machine has {:.1} GiB available (--force to try anyway)",
-                    predicted as f64 / (1u64 << 30) as f64,
+                    "{preset}: the plan needs {:.1} GiB for a step of {} images, this machine has {:.1} GiB available ({:.1} GiB RAM, {:.1} GiB swap; --force to try anyway)",
+                    gib(predicted),
                     c.batch_size,
-                    available as f64 / (1u64 << 30) as f64
+                    gib(ram + swap),
+                    gib(ram),
+                    gib(swap)
                 )));
+            }
+            if let Some((ram, _)) = available_memory().filter(|&(r, _)| r < predicted) {
+                eprintln!(
+                    "{preset}: the plan needs {:.1} GiB, more than the {:.1} GiB of RAM available: the step will use swap and its time will show it",
+                    gib(predicted),
+                    gib(ram)
+                );
             }
             let exe = std::env::current_exe()
                 .map_err(|e| Error::Device(format!("cannot find this program: {e}")))?;

@@ -697,6 +697,62 @@ pub fn resolve_precision(precision: Precision, device: &Device) -> Result<Option
     }
 }
 
+/// The heads' last layers (`[bottleneck, K]` f32) must each be one buffer on `device`: a clear
+/// error where the adapter's binding limit is smaller (ViT-L/g's 384 × 131072 is 192 MiB,
+/// lavapipe and browsers bind 128 MiB) instead of a failed allocation in the first step.
+fn check_head_weights(c: &TrainConfig, device: &Device) -> Result<()> {
+    let heads = [Some(("DINO", &c.dino_head)), c.ibot_separate_head.then_some(("iBOT", &c.ibot_head))];
+    for (name, h) in heads.into_iter().flatten() {
+        crate::backend::check_tensor_fits(
+            device,
+            (h.bottleneck_dim * h.n_prototypes * 4) as u64,
+            &format!("the {name} head's last layer ({} x {} f32)", h.bottleneck_dim, h.n_prototypes),
+            "use fewer prototypes (the recipe's `n_prototypes`), or a GPU adapter with larger bindings",
+        )?;
+    }
+    Ok(())
+}
+
+/// The largest logits of a step on one device (`images` of its shard, `masked` patches of its
+/// global crops) must be one buffer there ([`check_head_weights`] says why): the student's
+/// DINO logits of every crop, the teacher's of the global crops with the masked patches (one
+/// head) or the iBOT logits of the masked patches (separate heads).
+fn check_logits(c: &TrainConfig, device: &Device, images: usize, masked: usize) -> Result<()> {
+    let crops = c.crops.n_global + c.crops.n_local;
+    let mut tensors = vec![("DINO", images * crops, c.dino_head.n_prototypes)];
+    if c.ibot_separate_head {
+        tensors.push(("iBOT", masked, c.ibot_head.n_prototypes));
+    } else {
+        tensors.push(("DINO and iBOT", images * c.crops.n_global + masked, c.dino_head.n_prototypes));
+    }
+    for (name, rows, k) in tensors {
+        crate::backend::check_tensor_fits(
+            device,
+            (rows * k * 4) as u64,
+            &format!("one step's {name} logits ({rows} rows x {k} prototypes, f32)"),
+            "use a smaller --batch-size, more --devices, or fewer prototypes",
+        )?;
+    }
+    Ok(())
+}
+
+/// The teacher's logits of the whole step (`images`, `masked` patches), gathered on the main
+/// device for the targets, must each be one buffer there.
+fn check_gathered_logits(c: &TrainConfig, main: &Device, images: usize, masked: usize) -> Result<()> {
+    let k_ibot = if c.ibot_separate_head { c.ibot_head.n_prototypes } else { c.dino_head.n_prototypes };
+    for (name, rows, k) in
+        [("CLS", images * c.crops.n_global, c.dino_head.n_prototypes), ("patch", masked, k_ibot)]
+    {
+        crate::backend::check_tensor_fits(
+            main,
+            (rows * k * 4) as u64,
+            &format!("the teacher's {name} logits of the step ({rows} rows x {k} prototypes, f32)"),
+            "use a smaller --batch-size or fewer prototypes",
+        )?;
+    }
+    Ok(())
+}
+
 /// What one step did.
 pub struct StepOutcome {
     pub loss: LossParts,
@@ -718,6 +774,7 @@ impl TrainState {
     /// attention keep theirs. Less memory, the same results, more compute.
     pub fn new_with(c: &TrainConfig, device: &Device, checkpointing: bool) -> Result<Self> {
         let compute = resolve_precision(c.precision, device)?;
+        check_head_weights(c, device)?;
         let ad = if checkpointing {
             device.clone().autodiff().gradient_checkpointing()
         } else {
@@ -870,6 +927,12 @@ impl TrainState {
                     .collect()
             })
             .collect();
+        for (s, device) in devices.iter().enumerate() {
+            let masked: usize = patch_lens[s].iter().sum();
+            check_logits(c, device, sizes[s], masked)?;
+        }
+        let masked: usize = patch_lens.iter().flatten().sum();
+        check_gathered_logits(c, &main, b, masked)?;
         let compute = self.compute;
         let (cls_logits, patch_logits): (Vec<_>, Vec<_>) = per_shard(n, compute, |s| {
             let logits = teacher_logits(c, &teachers[s], &batches[s], &devices[s]);
@@ -1025,12 +1088,19 @@ pub fn train(c: &TrainConfig, data: &Dataset, device: &Device, options: &RunOpti
         return Err(Error::Usage(format!("{}: no images", data.name())));
     }
     let out = &options.out;
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let checkpoint_path = out.join(CHECKPOINT);
     let mut state = TrainState::new_with(c, device, options.gradient_checkpointing)?;
     if !options.devices.is_empty() {
         state = state.on_devices(options.devices.clone())?;
     }
+    // the logits of every crop's CLS, before anything is written (the masked patches' are
+    // checked at each step: their number varies)
+    let n = state.devices.len().min(c.batch_size);
+    for (s, device) in state.devices[..n].iter().enumerate() {
+        check_logits(c, device, c.batch_size / n + usize::from(s < c.batch_size % n), 0)?;
+    }
+    check_gathered_logits(c, &state.devices[0], c.batch_size, 0)?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let checkpoint_path = out.join(CHECKPOINT);
     let mut start = 0;
     if options.resume && checkpoint_path.exists() {
         let saved = read_checkpoint(&checkpoint_path)?;

@@ -273,6 +273,69 @@ fn the_recipe_gives_the_same_losses_on_wgpu_as_on_ndarray() {
     assert!(scale > 0.0 && err <= 3e-3 * scale, "qkv gradient max abs error {err} (scale {scale})");
 }
 
+/// A head or a step's logits larger than the adapter can hold in one buffer (lavapipe and
+/// browsers: 128 MiB; ViT-L/g's 384 × 131072 last layer is 192 MiB) is a one-line error
+/// before any work, not a failed allocation deep in a step: the last layer when the state is
+/// made, the logits (their rows follow the batch) when a step starts.
+#[test]
+fn heads_and_logits_beyond_the_adapters_buffers_are_refused_clearly() {
+    use dinov2_wgpu::train::trainer::{TrainState, make_batch};
+    let device = wgpu_device();
+    let limit = dinov2_wgpu::backend::max_tensor_bytes(&device).expect("wgpu reports the adapter's limits");
+    let mib = format!("the {} MiB this adapter", limit >> 20);
+    let mut c = micro_config();
+    // a last layer of 64 × K f32 one prototype over the limit
+    c.dino_head.bottleneck_dim = 64;
+    c.dino_head.n_prototypes = (limit / 256) as usize + 1;
+    c.ibot_head = c.dino_head.clone();
+    let err = TrainState::new(&c, &device).err().expect("a last layer over the limit is refused").to_string();
+    assert!(err.contains("DINO head's last layer (64 x") && err.contains(&mib), "{err}");
+    assert!(!err.contains('\n'), "one line: {err}");
+    // from the command line: one line, exit status 1, no run folder
+    let dir = Scratch::new("train-binding");
+    write_config(&dir.join("big.json"), &c);
+    let out = dir.join("run");
+    let run = dinov2(&[
+        "train",
+        "--config",
+        s(&dir.join("big.json")),
+        "--backend",
+        "wgpu",
+        "--out",
+        s(&out),
+        "--quiet",
+    ]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(
+        errors.len() == 1 && errors[0].contains("last layer") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "a run folder was left behind");
+    // a last layer that fits (16 MiB), and a batch whose student logits (4 crops per image,
+    // 256 KiB per row) do not
+    c.dino_head.n_prototypes = 65536;
+    c.ibot_head = c.dino_head.clone();
+    let rows = (limit / (65536 * 4)) as usize + 1;
+    c.batch_size = rows.div_ceil(c.crops.n_global + c.crops.n_local);
+    if c.batch_size > 2048 {
+        eprintln!(
+            "adapter binds {} MiB: the logits case would need {} images, skipped",
+            limit >> 20,
+            c.batch_size
+        );
+        return;
+    }
+    let mut state = TrainState::new(&c, &device).unwrap();
+    image_folder(&dir.join("data"), 1, 4, 9);
+    let data = dinov2_wgpu::train::data::Dataset::open(s(&dir.join("data"))).unwrap();
+    let indices: Vec<usize> = (0..c.batch_size).map(|i| i % 4).collect();
+    let batch = make_batch(&c, &data, &indices, 0).unwrap();
+    let err = state.step(&c, &batch, 0).err().expect("logits over the limit are refused").to_string();
+    assert!(err.contains("DINO logits") && err.contains(&mib) && err.contains("--batch-size"), "{err}");
+}
+
 #[test]
 fn efficient_stochastic_depth_equals_the_masked_formulation() {
     use dinov2_wgpu::model::block::{Kept, drop_add_residual};
