@@ -697,17 +697,18 @@ pub fn resolve_precision(precision: Precision, device: &Device) -> Result<Option
     }
 }
 
-/// The heads' last layers (`[bottleneck, K]` f32) must each be one buffer on `device`: a clear
-/// error where the adapter's binding limit is smaller (ViT-L/g's 384 × 131072 is 192 MiB,
-/// lavapipe and browsers bind 128 MiB) instead of a failed allocation in the first step.
+/// Each chunk of the heads' last layers (`[bottleneck, chunk]` f32, at most 64 MiB: see
+/// [`super::head::prototype_chunks`]) must be one buffer on `device`: a clear error on an
+/// adapter that binds less, instead of a failed allocation in the first step.
 fn check_head_weights(c: &TrainConfig, device: &Device) -> Result<()> {
     let heads = [Some(("DINO", &c.dino_head)), c.ibot_separate_head.then_some(("iBOT", &c.ibot_head))];
     for (name, h) in heads.into_iter().flatten() {
+        let chunk = super::head::prototype_chunks(h.bottleneck_dim, h.n_prototypes)[0].len();
         crate::backend::check_tensor_fits(
             device,
-            (h.bottleneck_dim * h.n_prototypes * 4) as u64,
-            &format!("the {name} head's last layer ({} x {} f32)", h.bottleneck_dim, h.n_prototypes),
-            "use fewer prototypes (the recipe's `n_prototypes`), or a GPU adapter with larger bindings",
+            (h.bottleneck_dim * chunk * 4) as u64,
+            &format!("a chunk of the {name} head's last layer ({} x {chunk} f32)", h.bottleneck_dim),
+            "use a smaller bottleneck (the recipe's `bottleneck_dim`), or a GPU adapter with larger bindings",
         )?;
     }
     Ok(())
@@ -1355,6 +1356,7 @@ pub fn read_checkpoint(path: &Path) -> Result<SavedRun> {
             view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         tensors.insert(name, HostTensor { shape: view.shape().to_vec(), data });
     }
+    super::head::split_unchunked_last_layers(&mut tensors, &config.dino_head, &config.ibot_head);
     Ok(SavedRun { step, config, tensors })
 }
 
