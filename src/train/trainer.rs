@@ -714,6 +714,13 @@ fn check_head_weights(c: &TrainConfig, device: &Device) -> Result<()> {
     Ok(())
 }
 
+/// Images per device when `images` are cut into contiguous shards over `devices`: the first
+/// `images % n` one image larger, none empty (fewer shards than devices for a small batch).
+fn shard_sizes(images: usize, devices: usize) -> Vec<usize> {
+    let n = devices.min(images);
+    (0..n).map(|s| images / n + usize::from(s < images % n)).collect()
+}
+
 /// The largest logits of a step on one device (`images` of its shard, `masked` patches of its
 /// global crops) must be one buffer there ([`check_head_weights`] says why): the student's
 /// DINO logits of every crop, the teacher's of the global crops with the masked patches (one
@@ -881,9 +888,8 @@ impl TrainState {
         let b = batch.step_images;
         let n_global = c.crops.n_global;
         let main = self.devices[0].clone();
-        // contiguous shards, the first `b % n` one image larger; none empty
-        let n = self.devices.len().min(b);
-        let sizes: Vec<usize> = (0..n).map(|s| b / n + usize::from(s < b % n)).collect();
+        let sizes = shard_sizes(b, self.devices.len());
+        let n = sizes.len();
         let devices: Vec<Device> = self.devices[..n].to_vec();
         let batches: Vec<std::borrow::Cow<Batch>> = if n == 1 {
             vec![std::borrow::Cow::Borrowed(batch)]
@@ -1095,9 +1101,8 @@ pub fn train(c: &TrainConfig, data: &Dataset, device: &Device, options: &RunOpti
     }
     // the logits of every crop's CLS, before anything is written (the masked patches' are
     // checked at each step: their number varies)
-    let n = state.devices.len().min(c.batch_size);
-    for (s, device) in state.devices[..n].iter().enumerate() {
-        check_logits(c, device, c.batch_size / n + usize::from(s < c.batch_size % n), 0)?;
+    for (images, device) in shard_sizes(c.batch_size, state.devices.len()).into_iter().zip(&state.devices) {
+        check_logits(c, device, images, 0)?;
     }
     check_gathered_logits(c, &state.devices[0], c.batch_size, 0)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
