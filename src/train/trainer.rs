@@ -727,36 +727,31 @@ fn shard_sizes(images: usize, devices: usize) -> Vec<usize> {
 /// head) or the iBOT logits of the masked patches (separate heads).
 fn check_logits(c: &TrainConfig, device: &Device, images: usize, masked: usize) -> Result<()> {
     let crops = c.crops.n_global + c.crops.n_local;
-    let mut tensors = vec![("DINO", images * crops, c.dino_head.n_prototypes)];
-    if c.ibot_separate_head {
-        tensors.push(("iBOT", masked, c.ibot_head.n_prototypes));
+    let second = if c.ibot_separate_head {
+        ("one step's iBOT", masked, c.ibot_head.n_prototypes)
     } else {
-        tensors.push(("DINO and iBOT", images * c.crops.n_global + masked, c.dino_head.n_prototypes));
-    }
-    for (name, rows, k) in tensors {
-        crate::backend::check_tensor_fits(
-            device,
-            (rows * k * 4) as u64,
-            &format!("one step's {name} logits ({rows} rows x {k} prototypes, f32)"),
-            "use a smaller --batch-size, more --devices, or fewer prototypes",
-        )?;
-    }
-    Ok(())
+        ("one step's DINO and iBOT", images * c.crops.n_global + masked, c.dino_head.n_prototypes)
+    };
+    let tensors = [("one step's DINO", images * crops, c.dino_head.n_prototypes), second];
+    check_logit_buffers(device, &tensors, "use a smaller --batch-size, more --devices, or fewer prototypes")
 }
 
 /// The teacher's logits of the whole step (`images`, `masked` patches), gathered on the main
 /// device for the targets, must each be one buffer there.
 fn check_gathered_logits(c: &TrainConfig, main: &Device, images: usize, masked: usize) -> Result<()> {
     let k_ibot = if c.ibot_separate_head { c.ibot_head.n_prototypes } else { c.dino_head.n_prototypes };
-    for (name, rows, k) in
-        [("CLS", images * c.crops.n_global, c.dino_head.n_prototypes), ("patch", masked, k_ibot)]
-    {
-        crate::backend::check_tensor_fits(
-            main,
-            (rows * k * 4) as u64,
-            &format!("the teacher's {name} logits of the step ({rows} rows x {k} prototypes, f32)"),
-            "use a smaller --batch-size or fewer prototypes",
-        )?;
+    let tensors = [
+        ("the step's teacher CLS", images * c.crops.n_global, c.dino_head.n_prototypes),
+        ("the step's teacher patch", masked, k_ibot),
+    ];
+    check_logit_buffers(main, &tensors, "use a smaller --batch-size or fewer prototypes")
+}
+
+/// Each `(what, rows, prototypes)` f32 logits tensor must be one buffer on `device`.
+fn check_logit_buffers(device: &Device, tensors: &[(&str, usize, usize)], hint: &str) -> Result<()> {
+    for &(what, rows, k) in tensors {
+        let name = format!("{what} logits ({rows} rows x {k} prototypes, f32)");
+        crate::backend::check_tensor_fits(device, (rows * k * 4) as u64, &name, hint)?;
     }
     Ok(())
 }

@@ -363,6 +363,25 @@ fn a_last_layer_beyond_one_binding_runs_in_chunks_on_wgpu() {
         let chunk = head.last_layer_v[3].val().grad(&grads).unwrap();
         results.push([host(logits), host(chunk), host(x.grad(&grads).unwrap())]);
     }
+    // the independent reference: the same head as one unchunked 384 x 131072 layer, on the CPU
+    let unchunked = {
+        let mut x = Tensor::<2>::from_data(x.clone(), &cpu);
+        for (i, layer) in reference.mlp.iter().enumerate() {
+            x = layer.forward(x);
+            if i + 1 < reference.mlp.len() {
+                x = burn::tensor::activation::gelu(x);
+            }
+        }
+        let x = x.clone() / x.square().sum_dim(1).sqrt().clamp_min(1e-12);
+        let v = Tensor::cat(reference.last_layer_v.iter().map(|v| v.val()).collect(), 1);
+        let g = Tensor::cat(reference.last_layer_g.iter().map(|g| g.val()).collect(), 0);
+        assert_eq!(v.dims(), [384, 131072]);
+        let weight = v.clone() / v.square().sum_dim(0).sqrt() * g.unsqueeze::<2>();
+        x.matmul(weight).into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+    };
+    let scale = unchunked.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let err = max_abs_diff(&unchunked, &results[0][0]);
+    assert!(err <= 1e-5 * scale, "chunked logits against one layer: max abs error {err} (scale {scale})");
     for (i, what) in ["logits", "last chunk's gradient", "input gradient"].iter().enumerate() {
         let (a, b) = (&results[0][i], &results[1][i]);
         let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
