@@ -87,12 +87,16 @@ pub fn assert_close(what: &str, actual: &[f32], expected: &[f32], tol: f32) {
     assert!(err <= tol, "{what}: max abs error {err:.3e} > {tol:.0e}");
 }
 
-/// A fresh, empty scratch folder for one test, removed when the guard drops.
+/// A fresh, empty scratch folder for one test, removed when the guard drops. Numbered per
+/// process: two tests running at once with the same name (`setup(4)` of two multi-device
+/// tests) must not remove each other's files.
 pub struct Scratch(pub PathBuf);
 
 impl Scratch {
     pub fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("dinov2-test-{}-{name}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("dinov2-test-{}-{n}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Scratch(dir)
