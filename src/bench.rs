@@ -18,14 +18,16 @@ use crate::kernels::{self, AttentionImpl};
 /// One measured op, as written by `--json`.
 #[derive(Clone, Debug, Serialize)]
 pub struct Record {
-    /// `attention_forward`, `attention_forward_backward`, `sinkhorn` or `koleo`.
+    /// `attention_forward`, `attention_forward_backward`, `sinkhorn`, `koleo` or
+    /// `gelu_forward_backward`.
     pub op: String,
     pub shape: serde_json::Value,
     /// Median milliseconds of the WGSL kernel (through burn, synchronised).
     pub fused_ms: f64,
     /// Median milliseconds of the composed reference on the same device.
     pub reference_ms: f64,
-    /// Median milliseconds of burn's built-in attention (attention forward only).
+    /// Median milliseconds of burn's built-in op: its attention (attention forward), its GELU
+    /// with its tanh-approximation backward (`gelu_forward_backward`); else `None`.
     pub builtin_ms: Option<f64>,
     /// Device memory the op reserved beyond what was reserved before it (inputs excluded),
     /// where the backend reports its pools (wgpu); `None` on ndarray.
@@ -187,7 +189,7 @@ fn attention_forward_backward_memory(device: &Device, shape: [usize; 4]) -> Resu
 }
 
 fn missing_grad() -> Error {
-    Error::Device("autodiff returned no gradient for an attention input".into())
+    Error::Device("autodiff returned no gradient for a benchmarked input".into())
 }
 
 fn sinkhorn(device: &Device, b: usize, k: usize, runs: usize) -> Result<Record> {
@@ -232,6 +234,41 @@ fn koleo(device: &Device, n: usize, d: usize, runs: usize) -> Result<Record> {
     })
 }
 
+/// GELU forward + backward at an FFN hidden shape `[B, N, hidden]`: [`kernels::gelu`] (one
+/// pass each way on the CPU) against the composed exact reference and burn's own GELU (whose
+/// backward is the tanh approximation's derivative); the difference is against the exact
+/// reference.
+fn gelu(device: &Device, shape: [usize; 3], runs: usize) -> Result<Record> {
+    let ad = device.clone().autodiff();
+    let [x, w] = [0, 1].map(|_| random(shape, &ad));
+    let run = |f: fn(Tensor<3>) -> Tensor<3>| {
+        let x = x.clone().require_grad();
+        let out = f(x.clone());
+        let grads = (out.clone() * w.clone()).sum().backward();
+        [Some(out.inner()), x.grad(&grads)]
+    };
+    let builtin: fn(Tensor<3>) -> Tensor<3> = burn::tensor::activation::gelu;
+    let (fused_ms, fused) = time(device, runs, || run(kernels::gelu))?;
+    let (reference_ms, reference) = time(device, runs, || run(kernels::gelu_reference))?;
+    let (builtin_ms, _) = time(device, runs, || run(builtin))?;
+    let mut diff = 0.0f32;
+    for (a, b) in fused.into_iter().zip(reference) {
+        let (a, b) = (a.ok_or_else(missing_grad)?, b.ok_or_else(missing_grad)?);
+        diff = diff.max(max_diff(&host(a)?, &host(b)?));
+    }
+    Ok(Record {
+        op: "gelu_forward_backward".into(),
+        shape: json!({"B": shape[0], "N": shape[1], "hidden": shape[2]}),
+        fused_ms,
+        reference_ms,
+        builtin_ms: Some(builtin_ms),
+        fused_peak_bytes: peak(device, || run(kernels::gelu))?,
+        reference_peak_bytes: peak(device, || run(kernels::gelu_reference))?,
+        max_abs_diff: diff,
+        runs,
+    })
+}
+
 /// Run every measurement of the issue on `device`, reporting each record as it completes.
 pub fn bench_kernels(
     device: &Device,
@@ -242,7 +279,8 @@ pub fn bench_kernels(
         return Err(Error::Usage("--runs must be at least 1".into()));
     }
     let runs = options.runs;
-    const OPS: [&str; 4] = ["attention_forward", "attention_forward_backward", "sinkhorn", "koleo"];
+    const OPS: [&str; 5] =
+        ["attention_forward", "attention_forward_backward", "sinkhorn", "koleo", "gelu_forward_backward"];
     if let Some(bad) = options.ops.iter().find(|op| !OPS.contains(&op.as_str())) {
         return Err(Error::Usage(format!("unknown op `{bad}`: expected one of {}", OPS.join(", "))));
     }
@@ -275,6 +313,15 @@ pub fn bench_kernels(
     }
     if wanted("koleo") {
         push(koleo(device, n, d, runs)?);
+    }
+    if wanted("gelu_forward_backward") {
+        // the FFN hidden of a tiny-preset step's student (64 images × 8 crops' tokens, 512
+        // wide) and of ViT-S/14 at 224 px (8 × 257 tokens, 1536 wide)
+        let shapes: &[[usize; 3]] =
+            if options.quick { &[[2, 17, 96]] } else { &[[64, 64, 512], [8, 257, 1536]] };
+        for &shape in shapes {
+            push(gelu(device, shape, runs)?);
+        }
     }
     Ok(records)
 }

@@ -431,7 +431,7 @@ pub struct BenchKernelsArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Only these ops, comma-separated: attention_forward, attention_forward_backward,
-    /// sinkhorn, koleo.
+    /// sinkhorn, koleo, gelu_forward_backward.
     #[arg(long, value_delimiter = ',')]
     pub ops: Vec<String>,
 }

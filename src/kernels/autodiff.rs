@@ -1,10 +1,17 @@
 //! [`KernelOps`] under burn's autodiff: attention gets a hand-written backward (the fused
 //! backward kernels on wgpu, the reference formulas on ndarray) that keeps q, k, v, the output
 //! and the row log-sum-exp, never the N×N probabilities. Sinkhorn-Knopp and the KoLeo
-//! neighbour are not differentiated (teacher targets and indices).
+//! neighbour are not differentiated (teacher targets and indices). GELU gets its exact
+//! derivative ([`KernelOps::exact_gelu_backward`]), and is recomputed rather than kept under
+//! gradient checkpointing, as burn's own GELU is.
+
+use std::marker::PhantomData;
 
 use burn::backend::autodiff::Autodiff;
+use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::retro_forward::RetroForward;
+use burn::backend::autodiff::checkpoint::state::BackwardStates;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
@@ -35,6 +42,38 @@ impl<B: KernelOps> Backward<B, 3> for AttentionBackward {
         if let Some(node) = node_v {
             grads.register::<B>(node.id, dv);
         }
+    }
+}
+
+/// GELU's backward: the exact derivative ([`KernelOps::exact_gelu_backward`]) at the saved input.
+#[derive(Debug)]
+struct GeluBackward;
+
+impl<B: KernelOps> Backward<B, 1> for GeluBackward {
+    /// the input's node, its value kept by the checkpointer (or recomputed by it)
+    type State = NodeId;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let [parent] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        let x = checkpointer.retrieve_node_output::<FloatTensor<B>>(ops.state);
+        if let Some(node) = parent {
+            grads.register::<B>(node.id, B::exact_gelu_backward(x, dy));
+        }
+    }
+}
+
+/// Recomputes a GELU output under gradient checkpointing (as burn's own GELU does).
+#[derive(Debug, Clone)]
+struct RetroGelu<B: KernelOps> {
+    input: NodeId,
+    _backend: PhantomData<B>,
+}
+
+impl<B: KernelOps> RetroForward for RetroGelu<B> {
+    fn forward(&self, states: &mut BackwardStates, out_node: NodeId) {
+        let x = states.get_state::<FloatTensor<B>>(&self.input);
+        states.save(out_node, B::exact_gelu(x));
     }
 }
 
@@ -108,6 +147,29 @@ impl<B: KernelOps, C: CheckpointStrategy> KernelOps for Autodiff<B, C> {
         );
         let wrap = |t| NoGradient.prepare::<C>([q.node(), k.node(), v.node()]).compute_bound().stateless(t);
         (wrap(dq), wrap(dk), wrap(dv))
+    }
+
+    fn exact_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let retro = RetroGelu::<B> { input: x.node().id(), _backend: PhantomData };
+        match GeluBackward
+            .prepare::<C>([x.node()])
+            .memory_bound()
+            .retro_forward(retro)
+            .parents([&x])
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let state = prep.checkpoint(&x);
+                prep.finish(state, B::exact_gelu(x.into_primitive()))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::exact_gelu(x.into_primitive())),
+        }
+    }
+
+    fn exact_gelu_backward(x: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        let nodes = [x.node(), dy.node()];
+        let out = B::exact_gelu_backward(x.into_primitive(), dy.into_primitive());
+        NoGradient.prepare::<C>(nodes).compute_bound().stateless(out)
     }
 
     fn sinkhorn_knopp(logits: FloatTensor<Self>, temperature: f32, iterations: u32) -> FloatTensor<Self> {

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use burn::backend::ops::{ActivationOps, FloatTensorOps};
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::wgpu::{
     CubeBackend, CubeDim, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous,
@@ -212,6 +213,25 @@ impl KernelOps for CubeBackend {
             ],
         );
         (dq, dk, dv)
+    }
+
+    fn exact_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        <Self as ActivationOps<Self>>::gelu(x)
+    }
+
+    fn exact_gelu_backward(x: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        // dy · (Φ(x) + x φ(x)), Φ(x) = (1 + erf(x/√2)) / 2, φ(x) = e^(−x²/2) / √(2π)
+        type B = CubeBackend;
+        let cdf = B::float_mul_scalar(
+            B::float_add_scalar(
+                B::float_erf(B::float_mul_scalar(x.clone(), std::f64::consts::FRAC_1_SQRT_2.into())),
+                1.0.into(),
+            ),
+            0.5.into(),
+        );
+        let gauss = B::float_exp(B::float_mul_scalar(B::float_mul(x.clone(), x.clone()), (-0.5).into()));
+        let pdf = B::float_mul_scalar(gauss, (0.5 * super::SQRT_2_OVER_PI).into());
+        B::float_mul(B::float_add(cdf, B::float_mul(x, pdf)), dy)
     }
 
     fn sinkhorn_knopp(logits: FloatTensor<Self>, temperature: f32, iterations: u32) -> FloatTensor<Self> {

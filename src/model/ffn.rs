@@ -56,7 +56,7 @@ impl FeedForward {
             let x2 = hidden.narrow(2, half, half);
             activation::silu(x1) * x2
         } else {
-            activation::gelu(hidden)
+            crate::kernels::gelu(hidden)
         };
         precision::linear(&self.fc2, hidden)
     }

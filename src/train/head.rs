@@ -15,7 +15,7 @@ use std::ops::Range;
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::{Device, Distribution, Tensor, activation};
+use burn::tensor::{Device, Distribution, Tensor};
 
 use crate::model::ffn::linear_init;
 use crate::model::precision;
@@ -105,7 +105,7 @@ impl DinoHead {
         for (i, layer) in self.mlp.iter().enumerate() {
             x = precision::linear(layer, x);
             if i < last {
-                x = activation::gelu(x);
+                x = crate::kernels::gelu(x);
             }
         }
         let x = x.clone() / x.square().sum_dim(1).sqrt().clamp_min(1e-12);

@@ -325,7 +325,7 @@ fn bench_kernels_writes_the_json_records() {
         "--runs",
         "1",
         "--ops",
-        "sinkhorn,koleo",
+        "sinkhorn,koleo,gelu_forward_backward",
         "--json",
         s(&json),
     ]);
@@ -334,7 +334,7 @@ fn bench_kernels_writes_the_json_records() {
     assert!(stdout.contains("| sinkhorn |") && stdout.contains("| koleo |"), "{stdout}");
     let records: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let records = records.as_array().expect("a list");
-    assert_eq!(records.len(), 2);
+    assert_eq!(records.len(), 3);
     for r in records {
         for field in [
             "op",
@@ -348,9 +348,33 @@ fn bench_kernels_writes_the_json_records() {
             assert!(r.get(field).is_some(), "{field} missing in {r}");
         }
         assert!(r["fused_ms"].as_f64().unwrap() > 0.0 && r["reference_ms"].as_f64().unwrap() > 0.0);
-        assert!(r["builtin_ms"].is_null());
+        // burn's built-in op is timed for GELU (and attention forward) only
+        assert_eq!(r["builtin_ms"].is_null(), r["op"] != "gelu_forward_backward", "{r}");
         assert!(r["max_abs_diff"].as_f64().unwrap() <= 1e-4, "{r}");
     }
+    // on the CPU backend GELU takes its one-pass forward and backward
+    let cpu = dinov2(&[
+        "bench",
+        "kernels",
+        "--backend",
+        "ndarray",
+        "--quick",
+        "--runs",
+        "1",
+        "--ops",
+        "gelu_forward_backward",
+    ]);
+    assert!(cpu.status.success(), "{}", String::from_utf8_lossy(&cpu.stderr));
+    let row = String::from_utf8_lossy(&cpu.stdout)
+        .lines()
+        .find(|l| l.starts_with("| gelu_forward_backward |"))
+        .map(String::from);
+    let diff: f64 = row
+        .as_deref()
+        .and_then(|r| r.trim_end_matches(" |").rsplit("| ").next())
+        .and_then(|d| d.trim().parse().ok())
+        .unwrap_or(f64::INFINITY);
+    assert!(diff <= 1e-5, "{row:?}");
     let bad = dinov2(&["bench", "kernels", "--ops", "conv"]);
     assert!(!bad.status.success());
     let stderr = String::from_utf8_lossy(&bad.stderr);

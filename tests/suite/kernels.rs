@@ -4,9 +4,10 @@
 //! fused attention is checked against PyTorch by backbone_parity.rs: its fixtures have head
 //! width 64, so the model's default, fused, path runs there.)
 
+use burn::backend::Dispatch;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use dinov2_wgpu::kernels::{
-    self, AttentionImpl,
+    self, AttentionImpl, KernelOps,
     shaders::{Shader, expand},
 };
 
@@ -405,4 +406,74 @@ fn koleo_loss_matches_on_both_backends() {
     let (lc, gc) = loss(&ndarray_device());
     assert!(lw[0].is_finite() && err(&lw, &lc) <= 1e-4, "{lw:?} vs {lc:?}");
     assert!(err(&gw, &gc) <= 1e-4);
+}
+
+/// Output and input gradient of `sum(f(x) ∘ w)` on an autodiff device.
+fn gelu_case(
+    f: fn(Tensor<3>) -> Tensor<3>,
+    x: &[f32],
+    w: &[f32],
+    shape: [usize; 3],
+    device: &Device,
+) -> [Vec<f32>; 2] {
+    let ad = device.clone().autodiff();
+    let xt = tensor(x, shape, &ad).require_grad();
+    let out = f(xt.clone());
+    let grads = (out.clone() * tensor(w, shape, &ad)).sum().backward();
+    [host(out), host(xt.grad(&grads).expect("dx"))]
+}
+
+/// max |a − b| / max(1, |b|).
+fn scaled_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs() / y.abs().max(1.0)).fold(0.0, f32::max)
+}
+
+#[test]
+fn gelu_and_its_gradient_are_exact_on_the_cpu_and_on_wgpu() {
+    // an FFN hidden [B, N, 4d]: N(0, 9) values, plus the tails (saturation, e^(−x²/2)
+    // underflow) and zero
+    let shape = [2, 17, 96];
+    let n = shape.iter().product();
+    let mut x: Vec<f32> = normal(n, 31).iter().map(|v| 3.0 * v).collect();
+    x[..8].copy_from_slice(&[0.0, -0.0, 1e-8, -1e-8, 50.0, -50.0, 14.0, -14.0]);
+    let w = normal(n, 32);
+    let cpu = ndarray_device();
+    // the oracle: x (1 + erf(x/√2)) / 2 from burn's erf (libm), differentiated by burn's autodiff
+    let want = gelu_case(kernels::gelu_reference, &x, &w, shape, &cpu);
+    let got = gelu_case(kernels::gelu, &x, &w, shape, &cpu);
+    let (out_err, grad_err) = (scaled_err(&got[0], &want[0]), scaled_err(&got[1], &want[1]));
+    assert!(out_err <= 1e-6 && grad_err <= 1e-6, "CPU GELU: output {out_err:e}, gradient {grad_err:e}");
+    // without autodiff the CPU path is the same, and so is burn's own (erf) forward
+    let inference = host(kernels::gelu(tensor(&x, shape, &cpu)));
+    assert!(scaled_err(&inference, &want[0]) <= 1e-6);
+    let burn_forward = host(burn::tensor::activation::gelu(tensor(&x, shape, &cpu)));
+    assert!(scaled_err(&burn_forward, &want[0]) <= 1e-6);
+    // burn's own backward is the tanh approximation's derivative: the comparison above tells
+    // the two apart
+    let burn_gelu = gelu_case(burn::tensor::activation::gelu, &x, &w, shape, &cpu);
+    let tanh_err = scaled_err(&burn_gelu[1], &want[1]);
+    assert!(tanh_err > 1e-4, "burn's tanh-approximation gradient differs by only {tanh_err:e}");
+    // repeated runs are bit-identical
+    assert_eq!(gelu_case(kernels::gelu, &x, &w, shape, &cpu), got);
+    // wgpu (composed erf/exp ops under autodiff, burn's GELU kernel for inference)
+    let gpu = wgpu_device();
+    let on_gpu = gelu_case(kernels::gelu, &x, &w, shape, &gpu);
+    let (out_err, grad_err) = (scaled_err(&on_gpu[0], &want[0]), scaled_err(&on_gpu[1], &want[1]));
+    assert!(out_err <= 1e-5 && grad_err <= 1e-5, "wgpu GELU: output {out_err:e}, gradient {grad_err:e}");
+    let gpu_inference = host(kernels::gelu(tensor(&x, shape, &gpu)));
+    assert!(scaled_err(&gpu_inference, &want[0]) <= 1e-5);
+    // the extension op itself on wgpu (burn's GELU kernel, the exact backward composed), which
+    // `kernels::gelu` leaves to the CPU
+    let extension = |x: Tensor<3>| {
+        let shape = x.shape();
+        let flat: Tensor<1> = x.flatten(0, 2);
+        Tensor::<1>::from_dispatch(<Dispatch as KernelOps>::exact_gelu(flat.into_dispatch())).reshape(shape)
+    };
+    let op = gelu_case(extension, &x, &w, shape, &gpu);
+    let (out_err, grad_err) = (scaled_err(&op[0], &want[0]), scaled_err(&op[1], &want[1]));
+    assert!(
+        out_err <= 1e-5 && grad_err <= 1e-5,
+        "wgpu extension op: output {out_err:e}, gradient {grad_err:e}"
+    );
 }
