@@ -9,21 +9,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run=${1:-runs/fashion-mnist}
-cargo build --release
-bin=target/release/dinov2
+source scripts/fashion_mnist_lib.sh
 # a device per core (the CPU backend's default): 73 images/s on 2 cores, so the schedule is
 # sized to the hour (4000 steps of 64), checkpoints every 400 steps for the curve
 $bin train --preset tiny --data fashion-mnist-train --out "$run" --max-minutes 60 --keep-snapshots \
   --total-steps 4000 --checkpoint-every 400
-knn() { $bin eval knn --train fashion-mnist-train --test fashion-mnist-test "$@"; }
 echo "== trained teacher"; knn --weights "$run" --json "$run/knn_trained.json"
 echo "== trained teacher, linear probe"
 $bin eval linear --weights "$run" --train fashion-mnist-train --test fashion-mnist-test --json "$run/linear_trained.json"
 echo "== same network at initialisation"; knn --weights "$run/init_backbone.safetensors" --size 28 --json "$run/knn_init.json"
 echo "== raw pixels"; knn --raw-pixels --size 28 --json "$run/knn_pixels.json"
 echo "== curve (first 10k train / 2k test)"
-for f in $(ls "$run"/snapshots/teacher_step*.safetensors | sort -V); do
-  step=${f##*teacher_step}; step=${step%.safetensors}
-  top1=$(knn --weights "$f" --size 28 --limit-train 10000 --limit-test 2000 | awk '/k=20 /{print $3}')
-  echo "step $step k=20 top-1 $top1"
-done | tee "$run/knn_curve.txt"
+knn_curve "$run"

@@ -9,8 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/sweep}
 mkdir -p "$out"
-cargo build --release
-bin=target/release/dinov2
+source scripts/fashion_mnist_lib.sh
 $bin train --preset tiny --print-config > "$out/tiny.json"
 python3 - "$out" <<'PY'
 import copy, json, sys
@@ -51,8 +50,7 @@ run() {
     --devices cpu:1 --overwrite --keep-snapshots --quiet
   for f in $(ls "$out/$name"/snapshots/teacher_step*.safetensors | sort -V); do
     step=${f##*teacher_step}; step=${step%.safetensors}
-    top1=$($bin eval knn --weights "$f" --size 28 \
-      --limit-train 10000 --limit-test 2000 --train fashion-mnist-train --test fashion-mnist-test | awk '/k=20 /{print $3}')
+    top1=$(knn --weights "$f" --size 28 --limit-train 10000 --limit-test 2000 | awk '/k=20 /{print $3}')
     echo "$name step $step k=20 $top1"
   done > "$out/$name.knn"
 }
