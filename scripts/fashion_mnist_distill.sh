@@ -3,39 +3,49 @@
 # teacher pretrained by this project on Fashion-MNIST, against the same tiny preset trained
 # from scratch for the same MINUTES, both on Fashion-MNIST train (labels unused); then the
 # official k-NN protocol on test with train as memory, and the curve of the released model at
-# every checkpoint (k-NN on the first 10k train / 2k test). Each run's schedule is sized to
-# what it does in MINUTES on this 2-core machine (distillation 34 images/s: 650 steps of 64;
-# training 47 images/s: 910 steps), so both anneal their learning rate within the same time;
+# every checkpoint (k-NN on the first 10k train / 2k test). The two runs go side by side, one
+# CPU core each. Each run's schedule is sized to what it does in MINUTES on one core of the
+# 2026-11-30 machine (DISTILL_RATE and SCRATCH_RATE images/s, measured by a 20-step probe of
+# each before the runs unless given), so both anneal their learning rate within the same time;
 # --max-minutes caps both.
 #
-#   bash scripts/fashion_mnist_distill.sh [TEACHER_RUN] [MINUTES] [DISTILL_STEPS] [SCRATCH_STEPS]
+#   bash scripts/fashion_mnist_distill.sh [TEACHER_RUN] [MINUTES] [DISTILL_RATE] [SCRATCH_RATE]
 #
-# TEACHER_RUN defaults to runs/fashion-mnist (written by scripts/fashion_mnist_knn.sh).
+# TEACHER_RUN defaults to runs/fashion-mnist-w256 (written by scripts/fashion_mnist_teacher.sh;
+# runs/fashion-mnist, from scripts/fashion_mnist_knn.sh, is a teacher as wide as the student).
 # Needs: apt-get install dataset-fashion-mnist.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-teacher=${1:-runs/fashion-mnist}
-minutes=${2:-20}
-distill_steps=${3:-650}
-scratch_steps=${4:-910}
+teacher=${1:-runs/fashion-mnist-w256}
+minutes=${2:-15}
 if [ ! -f "$teacher/checkpoint.safetensors" ]; then
-  echo "no teacher run in $teacher: run scripts/fashion_mnist_knn.sh first" >&2
+  echo "no teacher run in $teacher: run scripts/fashion_mnist_teacher.sh first" >&2
   exit 1
 fi
-cargo build --release
-bin=target/release/dinov2
-# one device each, as the schedules above were sized (the CPU default is a device per core)
-common=(--devices cpu:1 --data fashion-mnist-train --max-minutes "$minutes" --checkpoint-every 130 --keep-snapshots --overwrite --quiet)
-$bin distill --teacher "$teacher" --student-preset tiny --out runs/distill-tiny --total-steps "$distill_steps" "${common[@]}"
-$bin train --preset tiny --out runs/scratch-tiny --total-steps "$scratch_steps" "${common[@]}"
-knn() { $bin eval knn --train fashion-mnist-train --test fashion-mnist-test "$@"; }
+source scripts/fashion_mnist_lib.sh
+# one core each, side by side (the CPU default is a device per core)
+one_core=(--devices cpu:1 --data fashion-mnist-train --overwrite --quiet)
+distill() { RAYON_NUM_THREADS=1 $bin distill --teacher "$teacher" --student-preset tiny "$@"; }
+scratch() { RAYON_NUM_THREADS=1 $bin train --preset tiny "$@"; }
+# images/s of 20 steps, both probes at once as the runs will be
+rate() { "$@" --steps 20 "${one_core[@]}" 2>&1 | sed -n 's/.* steps, \([0-9.]*\) images\/s.*/\1/p'; }
+if [ $# -ge 4 ]; then distill_rate=$3; scratch_rate=$4; else
+  probe=$(mktemp -d)
+  rate distill --out "$probe/d" > "$probe/d.rate" & rate scratch --out "$probe/s" > "$probe/s.rate"; wait
+  distill_rate=$(cat "$probe/d.rate"); scratch_rate=$(cat "$probe/s.rate"); rm -rf "$probe"
+fi
+steps() { python3 -c "print(int($1 * 60 * $minutes / 64))"; }
+distill_steps=$(steps "$distill_rate"); scratch_steps=$(steps "$scratch_rate")
+echo "distillation $distill_rate images/s: $distill_steps steps; from scratch $scratch_rate images/s: $scratch_steps steps"
+every() { echo $(( ($1 + 4) / 5 )); }
+common=(--max-minutes "$minutes" --keep-snapshots "${one_core[@]}")
+distill --out runs/distill-tiny --total-steps "$distill_steps" --checkpoint-every "$(every "$distill_steps")" "${common[@]}" &
+pid=$!
+scratch --out runs/scratch-tiny --total-steps "$scratch_steps" --checkpoint-every "$(every "$scratch_steps")" "${common[@]}"
+wait "$pid"
 for run in runs/distill-tiny runs/scratch-tiny; do
   echo "== $run (released model: the EMA backbone)"
   knn --weights "$run" --json "$run/knn.json"
   echo "== $run curve (first 10k train / 2k test)"
-  for f in $(ls "$run"/snapshots/teacher_step*.safetensors | sort -V); do
-    step=${f##*teacher_step}; step=${step%.safetensors}
-    top1=$(knn --weights "$f" --size 28 --limit-train 10000 --limit-test 2000 | awk '/k=20 /{print $3}')
-    echo "step $step k=20 top-1 $top1"
-  done | tee "$run/knn_curve.txt"
+  knn_curve "$run"
 done
