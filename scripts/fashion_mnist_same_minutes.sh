@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The same-minutes sweep of BENCHMARKS.md: the tiny recipe and five variants (wider, deeper,
-# milder crops, smaller batches), each trained for 12 minutes on one CPU core, two side by side,
+# The same-minutes sweep of BENCHMARKS.md: the tiny recipe and seven variants (wider, deeper,
+# milder crops, smaller batches, smaller patches), each trained for 12 minutes on one CPU core, two side by side,
 # each schedule sized to what its model does in 12 minutes on one core of the 2026-11-30
 # machine (the rates in the table below; epochs of total/20 steps as the tiny preset's 2000/100),
 # then k-NN (k=20) of the last teacher on the first 10k train / 2k test images.
@@ -24,6 +24,8 @@ variants = {
     "depth_6": (740, {"arch.depth": 6}),
     "mild_crops": (1200, {"crops.global_scale": [0.6, 1.0], "crops.local_scale": [0.25, 0.5]}),
     "batch_32": (2400, {"batch_size": 32}),
+    "patch_4": (335, {"arch.patch_size": 4, "arch.pos_grid": 7, "crops.local_size": 12}),
+    "width_384": (357, {"arch.embed_dim": 384, "arch.num_heads": 6, "arch.ffn_hidden": 1536}),
 }
 for name, (steps, changes) in variants.items():
     c = copy.deepcopy(base)
@@ -43,7 +45,7 @@ run() {
   top1=$(knn --weights "$out/$name" --size 28 --limit-train 10000 --limit-test 2000 | awk '/k=20 /{print $3}')
   echo "$name $(tail -n 1 "$out/$name.log" | cut -d';' -f1) k=20 $top1" > "$out/$name.knn"
 }
-names=(base width_192 width_256 depth_6 mild_crops batch_32)
+names=(base width_192 width_256 depth_6 mild_crops batch_32 patch_4 width_384)
 for ((i = 0; i < ${#names[@]}; i += 2)); do
   run "${names[i]}" & pid=$!; run "${names[i+1]}"; wait "$pid"
 done
