@@ -11,9 +11,9 @@
 #
 #   bash scripts/fashion_mnist_plateau.sh [RUN_DIR] [OUT_DIR]   # needs python3, dataset-fashion-mnist
 #
-# `dinov2 train --resume` refuses a config other than the run's own; this script writes each
+# `dinov2 train --resume` refuses a config other than the run's own, so this script writes each
 # continuation's checkpoint with its config replaced in the safetensors header (the tensors,
-# the optimiser state and the step are the run's), which is what makes the continuation legal.
+# the optimiser state and the step stay the run's): --resume then accepts the new recipe.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run=${1:-runs/fashion-mnist-w256}
