@@ -2,8 +2,9 @@
 # The same-minutes sweep of BENCHMARKS.md: the tiny recipe and seven variants (wider, deeper,
 # milder crops, smaller batches, smaller patches), each trained for 12 minutes on one CPU core,
 # two side by side, each schedule sized to what its model does in 12 minutes on one core of the
-# 2026-11-30 machine (the rates in the table below; epochs of total/20 steps as the tiny preset's 2000/100),
-# then k-NN (k=20) of the last teacher on the first 10k train / 2k test images.
+# 2026-11-30 machine (the rates in the table below; epochs of total/20 steps as the tiny
+# preset's 2000/100), then k-NN (k=20) of the last teacher on the first 10k train / 2k test
+# images.
 #
 #   bash scripts/fashion_mnist_same_minutes.sh [OUT_DIR]   # needs python3 and dataset-fashion-mnist
 set -euo pipefail
