@@ -10,13 +10,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/same-minutes}
-mkdir -p "$out"
 source scripts/fashion_mnist_lib.sh
-$bin train --preset tiny --print-config > "$out/tiny.json"
-python3 - "$out" <<'PY'
-import copy, json, sys
-out = sys.argv[1]
-base = json.load(open(f"{out}/tiny.json"))
+tiny_variants "$out" <<'PY'
+import sys
+from tiny_variants import write_variants
 # name: (steps in 12 minutes on one core, changes)
 variants = {
     "base": (1200, {}),
@@ -28,16 +25,10 @@ variants = {
     "patch_4": (335, {"arch.patch_size": 4, "arch.pos_grid": 7, "crops.local_size": 12}),
     "width_384": (357, {"arch.embed_dim": 384, "arch.num_heads": 6, "arch.ffn_hidden": 1536}),
 }
-for name, (steps, changes) in variants.items():
-    c = copy.deepcopy(base)
-    c.update(total_steps=steps, epoch_length=steps // 20, checkpoint_every=steps // 4)
-    for key, value in changes.items():
-        node = c
-        *path, last = key.split(".")
-        for k in path:
-            node = node[k]
-        node[last] = value
-    json.dump(c, open(f"{out}/{name}.json", "w"), indent=1)
+write_variants(sys.argv[1], {
+    name: {"total_steps": steps, "epoch_length": steps // 20, "checkpoint_every": steps // 4, **changes}
+    for name, (steps, changes) in variants.items()
+})
 PY
 run() {
   local name=$1

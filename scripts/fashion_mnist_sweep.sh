@@ -8,14 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/sweep}
-mkdir -p "$out"
 source scripts/fashion_mnist_lib.sh
-$bin train --preset tiny --print-config > "$out/tiny.json"
-python3 - "$out" <<'PY'
-import copy, json, sys
-out = sys.argv[1]
-base = json.load(open(f"{out}/tiny.json"))
-base.update(total_steps=300, epoch_length=30, checkpoint_every=100)
+tiny_variants "$out" <<'PY'
+import sys
+from tiny_variants import write_variants
+schedule = {"total_steps": 300, "epoch_length": 30, "checkpoint_every": 100}
 variants = {
     "base": {},
     "lr_x3": {"base_lr": 0.012},
@@ -33,15 +30,7 @@ variants = {
     # the same images as the others in twice the steps
     "batch_32": {"batch_size": 32, "total_steps": 600, "epoch_length": 60},
 }
-for name, changes in variants.items():
-    c = copy.deepcopy(base)
-    for key, value in changes.items():
-        node = c
-        *path, last = key.split(".")
-        for k in path:
-            node = node[k]
-        node[last] = value
-    json.dump(c, open(f"{out}/{name}.json", "w"), indent=1)
+write_variants(sys.argv[1], {name: {**schedule, **changes} for name, changes in variants.items()})
 print(" ".join(variants))
 PY
 run() {
