@@ -60,6 +60,26 @@ pub enum Command {
     Curate(crate::curate::cli::CurateCommand),
 }
 
+impl Cli {
+    /// Whether this command may train with a device per CPU core: `train` or `distill` without
+    /// `--devices` (the CPU default when the backend is ndarray) or with `--devices cpu:N`,
+    /// N > 1. Each device already runs on its own core, so the matrix products must not spread
+    /// over the cores as well (see `main`).
+    pub fn trains_on_cpu_shards(&self) -> bool {
+        let run = match &self.command {
+            Command::Train(args) => &args.run,
+            Command::Distill(args) => &args.run,
+            _ => return false,
+        };
+        match &run.devices {
+            None => run.backend != "wgpu",
+            Some(spec) => {
+                spec.strip_prefix("cpu:").and_then(|n| n.parse::<usize>().ok()).is_some_and(|n| n > 1)
+            }
+        }
+    }
+}
+
 /// The bundled sample photographs (scikit-image), the default training data.
 pub const BUNDLED_IMAGES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/images");
 

@@ -14,6 +14,14 @@ fn main() -> ExitCode {
         unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
     }
     let cli = dinov2_wgpu::cli::Cli::parse();
+    if cli.trains_on_cpu_shards() && std::env::var_os("MATMUL_NUM_THREADS").is_none() {
+        // A device per core: the matrix products of the CPU backend (matrixmultiply) would
+        // otherwise split each product over every core too, and the shards' threads spin
+        // waiting for each other (width-256 tiny recipe on 2 cores: 90 images/s, 106-111 with
+        // one thread per product; BENCHMARKS.md, "Training throughput").
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("MATMUL_NUM_THREADS", "1") };
+    }
     match dinov2_wgpu::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -380,3 +380,23 @@ fn bench_kernels_writes_the_json_records() {
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(stderr.contains("unknown op `conv`") && stderr.lines().count() == 1, "{stderr}");
 }
+
+/// `main` keeps each matrix product on its own thread (MATMUL_NUM_THREADS=1) when `train` or
+/// `distill` puts a device on every CPU core, and leaves every other command alone.
+#[test]
+fn one_thread_per_product_only_when_training_on_cpu_shards() {
+    use clap::Parser;
+    use dinov2_wgpu::cli::Cli;
+    let shards = |args: &[&str]| {
+        let argv = std::iter::once("dinov2").chain(args.iter().copied());
+        Cli::try_parse_from(argv).unwrap().trains_on_cpu_shards()
+    };
+    assert!(shards(&["train"]));
+    assert!(shards(&["train", "--backend", "ndarray"]));
+    assert!(shards(&["train", "--devices", "cpu:2"]));
+    assert!(shards(&["distill", "--teacher", "t"]));
+    assert!(!shards(&["train", "--devices", "cpu:1"]));
+    assert!(!shards(&["train", "--backend", "wgpu"]));
+    assert!(!shards(&["distill", "--teacher", "t", "--devices", "0,1"]));
+    assert!(!shards(&["eval", "knn", "--train", "a", "--test", "b"]));
+}
