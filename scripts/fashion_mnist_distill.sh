@@ -10,7 +10,13 @@
 # --max-minutes caps both.
 #
 #   bash scripts/fashion_mnist_distill.sh [TEACHER_RUN] [MINUTES] [DISTILL_RATE] [SCRATCH_RATE]
+#   AUG=milder OUT=runs/pair bash scripts/fashion_mnist_distill.sh ...
 #
+# AUG (official, mild or milder; scripts/tiny_variants.py) swaps both students' augmentations:
+# the same recipe for both, the tiny preset's own by default. OUT (default runs) holds the two
+# run folders, distill-tiny and scratch-tiny. Each process runs one thread for everything,
+# its matrix products included (MATMUL_NUM_THREADS=1: two side by side otherwise spin waiting
+# for each other's cores; the pairs in BENCHMARKS.md before 2026-12-01 ran without it).
 # TEACHER_RUN defaults to runs/fashion-mnist-w256 (written by scripts/fashion_mnist_teacher.sh;
 # runs/fashion-mnist, from scripts/fashion_mnist_knn.sh, is a teacher as wide as the student).
 # Needs: apt-get install dataset-fashion-mnist.
@@ -22,11 +28,25 @@ if [ ! -f "$teacher/checkpoint.safetensors" ]; then
   echo "no teacher run in $teacher: run scripts/fashion_mnist_teacher.sh first" >&2
   exit 1
 fi
+aug=${AUG:-official}
+out=${OUT:-runs}
 source scripts/fashion_mnist_lib.sh
+mkdir -p "$out"
+# both recipes: the tiny preset (as `distill` and `train` make it) with AUG's augmentations
+$bin distill --teacher "$teacher" --student-preset tiny --print-config > "$out/distill.json"
+$bin train --preset tiny --print-config > "$out/scratch.json"
+PYTHONPATH=scripts python3 - "$out" "$aug" <<'PY'
+import sys
+from tiny_variants import AUGMENTATIONS, rewrite
+out, aug = sys.argv[1:]
+for name in ("distill", "scratch"):
+    rewrite(f"{out}/{name}.json", AUGMENTATIONS[aug])
+PY
 # one core each, side by side (the CPU default is a device per core)
+one_thread=(env RAYON_NUM_THREADS=1 MATMUL_NUM_THREADS=1)
 one_core=(--devices cpu:1 --data fashion-mnist-train --overwrite --quiet)
-distill() { RAYON_NUM_THREADS=1 $bin distill --teacher "$teacher" --student-preset tiny "$@"; }
-scratch() { RAYON_NUM_THREADS=1 $bin train --preset tiny "$@"; }
+distill() { "${one_thread[@]}" $bin distill --teacher "$teacher" --config "$out/distill.json" "$@"; }
+scratch() { "${one_thread[@]}" $bin train --config "$out/scratch.json" "$@"; }
 # images/s of 20 steps, both probes at once as the runs will be
 rate() { "$@" --steps 20 "${one_core[@]}" 2>&1 | sed -n 's/.* steps, \([0-9.]*\) images\/s.*/\1/p'; }
 if [ $# -ge 4 ]; then distill_rate=$3; scratch_rate=$4; else
@@ -39,11 +59,11 @@ distill_steps=$(steps "$distill_rate"); scratch_steps=$(steps "$scratch_rate")
 echo "distillation $distill_rate images/s: $distill_steps steps; from scratch $scratch_rate images/s: $scratch_steps steps"
 every() { echo $(( ($1 + 4) / 5 )); }
 common=(--max-minutes "$minutes" --keep-snapshots "${one_core[@]}")
-distill --out runs/distill-tiny --total-steps "$distill_steps" --checkpoint-every "$(every "$distill_steps")" "${common[@]}" &
+distill --out "$out/distill-tiny" --total-steps "$distill_steps" --checkpoint-every "$(every "$distill_steps")" "${common[@]}" &
 pid=$!
-scratch --out runs/scratch-tiny --total-steps "$scratch_steps" --checkpoint-every "$(every "$scratch_steps")" "${common[@]}"
+scratch --out "$out/scratch-tiny" --total-steps "$scratch_steps" --checkpoint-every "$(every "$scratch_steps")" "${common[@]}"
 wait "$pid"
-for run in runs/distill-tiny runs/scratch-tiny; do
+for run in "$out/distill-tiny" "$out/scratch-tiny"; do
   echo "== $run (released model: the EMA backbone)"
   knn --weights "$run" --json "$run/knn.json"
   echo "== $run curve (first 10k train / 2k test)"

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Same-minutes probes around the best recipe so far (BENCHMARKS.md, "Milder augmentations"):
+# the width-256 tiny variant with geometric augmentations only, and one change at a time, each
+# trained for 12 minutes on one CPU core, two side by side, each schedule sized to what it does
+# in 12 minutes there (epochs of total/20 steps), then the official k-NN protocol (k=20) of the
+# last teacher on the full test set with train as memory.
+#
+#   bash scripts/fashion_mnist_mild_probes.sh [OUT_DIR] [NAME...]   # needs python3 and dataset-fashion-mnist
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-runs/mild-probes}
+shift || true
+source scripts/fashion_mnist_lib.sh
+tiny_variants "$out" <<'PY'
+import sys
+from tiny_variants import MILD, write_variants
+w256_mild = {"arch.embed_dim": 256, "arch.num_heads": 4, "arch.ffn_hidden": 1024, **MILD}
+# name: (steps in 12 minutes on one core, changes on top of w256_mild)
+variants = {
+    "mild": (640, {}),
+    "batch_32": (1280, {"batch_size": 32}),
+    "milder_crops": (640, {"crops.global_scale": [0.9, 1.0], "crops.local_scale": [0.3, 0.6]}),
+    "momentum_996": (640, {"momentum_teacher": 0.996, "final_momentum_teacher": 0.996}),
+}
+write_variants(sys.argv[1], {
+    name: {"total_steps": steps, "epoch_length": steps // 20, "checkpoint_every": steps // 4,
+           **w256_mild, **changes}
+    for name, (steps, changes) in variants.items()
+})
+PY
+run() {
+  local name=$1
+  RAYON_NUM_THREADS=1 $bin train --config "$out/$name.json" --data fashion-mnist-train --out "$out/$name" \
+    --devices cpu:1 --max-minutes 12 --overwrite --quiet > "$out/$name.log" 2>&1
+  RAYON_NUM_THREADS=1 $bin eval knn --train fashion-mnist-train --test fashion-mnist-test \
+    --weights "$out/$name" --json "$out/$name.knn.json" > /dev/null
+  echo "$name $(tail -n 1 "$out/$name.log" | cut -d';' -f1) k=20 $(python3 -c \
+    "import json,sys; print(json.load(open(sys.argv[1]))['top1']['20'])" "$out/$name.knn.json")" > "$out/$name.knn"
+}
+names=("$@")
+[ ${#names[@]} -gt 0 ] || names=(mild batch_32 milder_crops momentum_996)
+for ((i = 0; i < ${#names[@]}; i += 2)); do
+  if ((i + 1 < ${#names[@]})); then
+    run "${names[i]}" & pid=$!; run "${names[i+1]}"; wait "$pid"
+  else
+    run "${names[i]}"
+  fi
+done
+cat "$out"/*.knn
