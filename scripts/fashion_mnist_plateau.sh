@@ -24,13 +24,11 @@ if [ ! -f "$run/checkpoint.safetensors" ]; then
 fi
 source scripts/fashion_mnist_lib.sh
 names=(control mild_crops geometric_only both)
-python3 - "$run/checkpoint.safetensors" "$out" "${names[@]}" <<'PY'
+PYTHONPATH=scripts python3 - "$run/checkpoint.safetensors" "$out" "${names[@]}" <<'PY'
 import json, os, struct, sys
+from tiny_variants import GEOMETRIC_ONLY, MILD, MILD_CROPS, apply
 src, out, names = sys.argv[1], sys.argv[2], sys.argv[3:]
-mild_crops = {"global_scale": [0.8, 1.0], "local_scale": [0.2, 0.5]}
-geometric = {"jitter_prob": 0.0, "grayscale_prob": 0.0, "solarize_prob": 0.0, "blur_kernel": 1}
-changes = {"control": {}, "mild_crops": mild_crops, "geometric_only": geometric,
-           "both": {**mild_crops, **geometric}}
+changes = {"control": {}, "mild_crops": MILD_CROPS, "geometric_only": GEOMETRIC_ONLY, "both": MILD}
 with open(src, "rb") as f:
     (n,) = struct.unpack("<Q", f.read(8))
     header = json.loads(f.read(n))
@@ -40,7 +38,7 @@ for name in names:
     c = json.loads(meta["config"])
     c["total_steps"] *= 2
     c["checkpoint_every"] = 210
-    c["crops"].update(changes[name])
+    apply(c, changes[name])
     header["__metadata__"] = dict(meta, config=json.dumps(c, separators=(",", ":")))
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)

@@ -18,10 +18,10 @@ def write_variants(out, variants):
 # augmentations only: global crops of 0.8-1, local crops of 0.2-0.5, flips; no colour jitter,
 # grayscale, solarisation or blur) and milder (crops of 0.9-1 and 0.3-0.6, and a constant EMA
 # momentum of 0.996, ahead of mild in the 12-minute probes of fashion_mnist_mild_probes.sh).
-MILD = {
-    "crops.global_scale": [0.8, 1.0], "crops.local_scale": [0.2, 0.5], "crops.jitter_prob": 0.0,
-    "crops.grayscale_prob": 0.0, "crops.solarize_prob": 0.0, "crops.blur_kernel": 1,
-}
+MILD_CROPS = {"crops.global_scale": [0.8, 1.0], "crops.local_scale": [0.2, 0.5]}
+GEOMETRIC_ONLY = {"crops.jitter_prob": 0.0, "crops.grayscale_prob": 0.0, "crops.solarize_prob": 0.0,
+                  "crops.blur_kernel": 1}
+MILD = {**MILD_CROPS, **GEOMETRIC_ONLY}
 AUGMENTATIONS = {
     "official": {},
     "mild": MILD,
@@ -30,13 +30,18 @@ AUGMENTATIONS = {
 }
 
 
-def rewrite(path, changes):
-    """Apply `changes` (dotted paths, as in write_variants) to the JSON recipe at `path`."""
-    c = json.load(open(path))
+def apply(config, changes):
+    """Apply `changes` (dotted paths, as in write_variants) to the recipe dict `config`."""
     for key, value in changes.items():
-        node = c
+        node = config
         *keys, last = key.split(".")
         for k in keys:
             node = node[k]
         node[last] = value
+
+
+def rewrite(path, changes):
+    """Apply `changes` to the JSON recipe at `path`."""
+    c = json.load(open(path))
+    apply(c, changes)
     json.dump(c, open(path, "w"), indent=1)
