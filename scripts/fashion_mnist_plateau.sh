@@ -11,9 +11,8 @@
 #
 #   bash scripts/fashion_mnist_plateau.sh [RUN_DIR] [OUT_DIR]   # needs python3, dataset-fashion-mnist
 #
-# `dinov2 train --resume` refuses a config other than the run's own, so this script writes each
-# continuation's checkpoint with its config replaced in the safetensors header (the tensors,
-# the optimiser state and the step stay the run's): --resume then accepts the new recipe.
+# Each continuation starts from a copy of the run's checkpoint with the new recipe in its header
+# (tiny_variants.continue_run), which `dinov2 train --resume` then accepts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run=${1:-runs/fashion-mnist-w256}
@@ -25,32 +24,18 @@ fi
 source scripts/fashion_mnist_lib.sh
 names=(control mild_crops geometric_only both)
 PYTHONPATH=scripts python3 - "$run/checkpoint.safetensors" "$out" "${names[@]}" <<'PY'
-import json, os, struct, sys
-from tiny_variants import GEOMETRIC_ONLY, MILD, MILD_CROPS, apply
+import sys
+from tiny_variants import GEOMETRIC_ONLY, MILD, MILD_CROPS, apply, continue_run
 src, out, names = sys.argv[1], sys.argv[2], sys.argv[3:]
 changes = {"control": {}, "mild_crops": MILD_CROPS, "geometric_only": GEOMETRIC_ONLY, "both": MILD}
-with open(src, "rb") as f:
-    (n,) = struct.unpack("<Q", f.read(8))
-    header = json.loads(f.read(n))
-    data_start = 8 + n
-meta = header["__metadata__"]
+def edit(name):
+    def edit(c):
+        c["total_steps"] *= 2
+        c["checkpoint_every"] = 210
+        apply(c, changes[name])
+    return edit
 for name in names:
-    c = json.loads(meta["config"])
-    c["total_steps"] *= 2
-    c["checkpoint_every"] = 210
-    apply(c, changes[name])
-    header["__metadata__"] = dict(meta, config=json.dumps(c, separators=(",", ":")))
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    os.makedirs(f"{out}/{name}", exist_ok=True)
-    json.dump(c, open(f"{out}/{name}/config.json", "w"), indent=1)
-    tmp = f"{out}/{name}/checkpoint.safetensors.tmp"
-    with open(src, "rb") as f, open(tmp, "wb") as g:
-        g.write(struct.pack("<Q", len(text)) + text)
-        f.seek(data_start)
-        while chunk := f.read(1 << 24):
-            g.write(chunk)
-    os.replace(tmp, f"{out}/{name}/checkpoint.safetensors")
+    continue_run(src, f"{out}/{name}", edit(name))
 PY
 go() {
   local name=$1

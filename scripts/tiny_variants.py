@@ -2,9 +2,13 @@
 
 `write_variants(out, variants)` reads OUT/tiny.json (the preset as `dinov2 train --preset tiny
 --print-config` prints it) and writes OUT/NAME.json for every NAME in `variants`, a dict of
-changes whose keys are dotted paths into the recipe ("crops.local_size", "base_lr")."""
+changes whose keys are dotted paths into the recipe ("crops.local_size", "base_lr").
+`continue_run(checkpoint, out, config)` starts a continuation of a finished run with a new
+recipe (scripts/fashion_mnist_plateau.sh, scripts/fashion_mnist_highres_probe.sh)."""
 import json
+import os
 import shutil
+import struct
 
 
 def write_variants(out, variants):
@@ -45,3 +49,31 @@ def rewrite(path, changes):
     c = json.load(open(path))
     apply(c, changes)
     json.dump(c, open(path, "w"), indent=1)
+
+
+def continue_run(checkpoint, out, edit):
+    """A continuation of the run whose training checkpoint is `checkpoint`, in the folder `out`:
+    its recipe (from the checkpoint's header) passed through `edit` (a function that changes the
+    dict in place), written to OUT/config.json and into the header of a copy of the checkpoint,
+    OUT/checkpoint.safetensors (tensors, optimiser state and step unchanged, written to a temp
+    file and renamed). `dinov2 train --resume` refuses a config other than the run's own; with
+    the new recipe in both places it continues the run under it."""
+    with open(checkpoint, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        data_start = 8 + n
+    meta = header["__metadata__"]
+    c = json.loads(meta["config"])
+    edit(c)
+    header["__metadata__"] = dict(meta, config=json.dumps(c, separators=(",", ":")))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    os.makedirs(out, exist_ok=True)
+    json.dump(c, open(f"{out}/config.json", "w"), indent=1)
+    tmp = f"{out}/checkpoint.safetensors.tmp"
+    with open(checkpoint, "rb") as f, open(tmp, "wb") as g:
+        g.write(struct.pack("<Q", len(text)) + text)
+        f.seek(data_start)
+        while chunk := f.read(1 << 24):
+            g.write(chunk)
+    os.replace(tmp, f"{out}/checkpoint.safetensors")
