@@ -3,7 +3,9 @@
 # the width-256 tiny variant with geometric augmentations only, and one change at a time, each
 # trained for 12 minutes on one CPU core, two side by side, each schedule sized to what it does
 # in 12 minutes there (epochs of total/20 steps), then the official k-NN protocol (k=20) of the
-# last teacher on the full test set with train as memory.
+# last teacher on the full test set with train as memory. The variants from "milder" on
+# (BENCHMARKS.md, "Two probes that did not help" and "Fewer local crops") start from the
+# "milder still" recipe and run one thread per matrix product in each process.
 #
 #   bash scripts/fashion_mnist_mild_probes.sh [OUT_DIR] [NAME...]   # needs python3 and dataset-fashion-mnist
 set -euo pipefail
@@ -13,7 +15,7 @@ shift || true
 source scripts/fashion_mnist_lib.sh
 tiny_variants "$out" <<'PY'
 import sys
-from tiny_variants import MILD, write_variants
+from tiny_variants import AUGMENTATIONS, MILD, write_variants
 w256_mild = {"arch.embed_dim": 256, "arch.num_heads": 4, "arch.ffn_hidden": 1024, **MILD}
 # name: (steps in 12 minutes on one core, changes on top of w256_mild)
 variants = {
@@ -21,6 +23,16 @@ variants = {
     "batch_32": (1280, {"batch_size": 32}),
     "milder_crops": (640, {"crops.global_scale": [0.9, 1.0], "crops.local_scale": [0.3, 0.6]}),
     "momentum_996": (640, {"momentum_teacher": 0.996, "final_momentum_teacher": 0.996}),
+    # around the milder recipe (both changes above), at one thread per matrix product
+    "milder": (660, AUGMENTATIONS["milder"]),
+    "milder_lr_x03": (660, {**AUGMENTATIONS["milder"], "base_lr": 0.0012}),
+    # fewer local crops (fewer tokens per image, more images in the minutes) and more
+    "milder_locals_0": (1000, {**AUGMENTATIONS["milder"], "crops.n_local": 0}),
+    "milder_locals_2": (820, {**AUGMENTATIONS["milder"], "crops.n_local": 2}),
+    "milder_locals_10": (500, {**AUGMENTATIONS["milder"], "crops.n_local": 10}),
+    # the control and the best of these again with another seed
+    "milder_seed1": (660, {**AUGMENTATIONS["milder"], "seed": 1}),
+    "milder_locals_0_seed1": (1000, {**AUGMENTATIONS["milder"], "crops.n_local": 0, "seed": 1}),
 }
 write_variants(sys.argv[1], {
     name: {"total_steps": steps, "epoch_length": steps // 20, "checkpoint_every": steps // 4,
@@ -30,9 +42,9 @@ write_variants(sys.argv[1], {
 PY
 run() {
   local name=$1
-  RAYON_NUM_THREADS=1 $bin train --config "$out/$name.json" --data fashion-mnist-train --out "$out/$name" \
+  RAYON_NUM_THREADS=1 MATMUL_NUM_THREADS=1 $bin train --config "$out/$name.json" --data fashion-mnist-train --out "$out/$name" \
     --devices cpu:1 --max-minutes 12 --overwrite --quiet > "$out/$name.log" 2>&1
-  RAYON_NUM_THREADS=1 $bin eval knn --train fashion-mnist-train --test fashion-mnist-test \
+  RAYON_NUM_THREADS=1 MATMUL_NUM_THREADS=1 $bin eval knn --train fashion-mnist-train --test fashion-mnist-test \
     --weights "$out/$name" --json "$out/$name.knn.json" > /dev/null
   echo "$name $(tail -n 1 "$out/$name.log" | cut -d';' -f1) k=20 $(python3 -c \
     "import json,sys; print(json.load(open(sys.argv[1]))['top1']['20'])" "$out/$name.knn.json")" > "$out/$name.knn"
