@@ -3,7 +3,7 @@
 `write_variants(out, variants)` reads OUT/tiny.json (the preset as `dinov2 train --preset tiny
 --print-config` prints it) and writes OUT/NAME.json for every NAME in `variants`, a dict of
 changes whose keys are dotted paths into the recipe ("crops.local_size", "base_lr").
-`continue_run(checkpoint, out, config)` starts a continuation of a finished run with a new
+`continue_run(checkpoint, out, edit)` starts a continuation of a finished run with a new
 recipe (scripts/fashion_mnist_plateau.sh, scripts/fashion_mnist_highres_probe.sh)."""
 import json
 import os
