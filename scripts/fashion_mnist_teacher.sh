@@ -8,8 +8,8 @@
 # the ~111 images/s since `train` keeps each device's matrix products on its own thread) is the
 # schedule's length. AUG picks the augmentations, as scripts/tiny_variants.py defines them:
 # official (the tiny preset's), mild (geometric only: global crops 0.8-1, local 0.2-0.5, flips)
-# or milder (crops 0.9-1 and 0.3-0.6, constant EMA momentum 0.996); BENCHMARKS.md, "Milder
-# augmentations".
+# milder (crops 0.9-1 and 0.3-0.6, constant EMA momentum 0.996; BENCHMARKS.md, "Milder
+# augmentations") or milder_nolocal (milder without local crops; "Fewer local crops").
 #
 #   bash scripts/fashion_mnist_teacher.sh [RUN_DIR] [AUG] [STEPS]   # needs dataset-fashion-mnist
 #   bash scripts/fashion_mnist_distill.sh RUN_DIR 15    # then: distil the tiny preset from it
@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 run=${1:-runs/fashion-mnist-w256}
 aug=${2:-official}
 steps=${3:-5000}
-case $aug in official | mild | milder) ;; *) echo "AUG must be official, mild or milder, not $aug" >&2; exit 1 ;; esac
+case $aug in official | mild | milder | milder_nolocal) ;; *) echo "AUG must be official, mild, milder or milder_nolocal, not $aug" >&2; exit 1 ;; esac
 source scripts/fashion_mnist_lib.sh
 mkdir -p "$run"
 config="$run/config-w256.json"
