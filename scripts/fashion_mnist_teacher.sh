@@ -11,23 +11,27 @@
 # milder (crops 0.9-1 and 0.3-0.6, constant EMA momentum 0.996; BENCHMARKS.md, "Milder
 # augmentations") or milder_nolocal (milder without local crops; "Fewer local crops").
 #
-#   bash scripts/fashion_mnist_teacher.sh [RUN_DIR] [AUG] [STEPS]   # needs dataset-fashion-mnist
+# WIDTH (default 256) sets the backbone's width: WIDTH/64 heads of 64, FFN 4 x WIDTH.
+#
+#   bash scripts/fashion_mnist_teacher.sh [RUN_DIR] [AUG] [STEPS] [WIDTH]   # needs dataset-fashion-mnist
 #   bash scripts/fashion_mnist_distill.sh RUN_DIR 15    # then: distil the tiny preset from it
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run=${1:-runs/fashion-mnist-w256}
 aug=${2:-official}
 steps=${3:-5000}
+width=${4:-256}
 case $aug in official | mild | milder | milder_nolocal) ;; *) echo "AUG must be official, mild, milder or milder_nolocal, not $aug" >&2; exit 1 ;; esac
 source scripts/fashion_mnist_lib.sh
 mkdir -p "$run"
-config="$run/config-w256.json"
+config="$run/config-w$width.json"
 $bin train --preset tiny --print-config > "$config.tmp"
-PYTHONPATH=scripts python3 - "$config.tmp" "$aug" <<'PY'
+PYTHONPATH=scripts python3 - "$config.tmp" "$aug" "$width" <<'PY'
 import sys
 from tiny_variants import AUGMENTATIONS, rewrite
-path, aug = sys.argv[1:]
-rewrite(path, {"arch.embed_dim": 256, "arch.num_heads": 4, "arch.ffn_hidden": 1024, **AUGMENTATIONS[aug]})
+path, aug, width = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rewrite(path, {"arch.embed_dim": width, "arch.num_heads": width // 64, "arch.ffn_hidden": 4 * width,
+               **AUGMENTATIONS[aug]})
 PY
 mv "$config.tmp" "$config"
 $bin train --config "$config" --data fashion-mnist-train --out "$run" --max-minutes 60 --keep-snapshots \
