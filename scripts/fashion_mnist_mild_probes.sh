@@ -27,11 +27,11 @@ variants = {
     "milder": (660, AUGMENTATIONS["milder"]),
     "milder_lr_x03": (660, {**AUGMENTATIONS["milder"], "base_lr": 0.0012}),
     # fewer local crops (fewer tokens per image, more images in the minutes)
-    "milder_locals_0": (1000, {**AUGMENTATIONS["milder"], "crops.n_local": 0}),
+    "milder_locals_0": (1000, AUGMENTATIONS["milder_nolocal"]),
     "milder_locals_2": (820, {**AUGMENTATIONS["milder"], "crops.n_local": 2}),
     # the control and the best of these again with another seed
     "milder_seed1": (660, {**AUGMENTATIONS["milder"], "seed": 1}),
-    "milder_locals_0_seed1": (1000, {**AUGMENTATIONS["milder"], "crops.n_local": 0, "seed": 1}),
+    "milder_locals_0_seed1": (1000, {**AUGMENTATIONS["milder_nolocal"], "seed": 1}),
 }
 write_variants(sys.argv[1], {
     name: {"total_steps": steps, "epoch_length": steps // 20, "checkpoint_every": steps // 4,

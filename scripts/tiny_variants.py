@@ -22,7 +22,8 @@ def write_variants(out, variants):
 # augmentations only: global crops of 0.8-1, local crops of 0.2-0.5, flips; no colour jitter,
 # grayscale, solarisation or blur) and milder (crops of 0.9-1 and 0.3-0.6, and a constant EMA
 # momentum of 0.996, ahead of mild in the 12-minute probes of fashion_mnist_mild_probes.sh) and
-# milder_nolocal (milder without local crops, ahead of milder in those probes with two seeds).
+# milder_nolocal (milder without local crops: ahead of milder in those probes with two seeds,
+# level with it over the hour; BENCHMARKS.md, "No local crops over the hour").
 MILD_CROPS = {"crops.global_scale": [0.8, 1.0], "crops.local_scale": [0.2, 0.5]}
 GEOMETRIC_ONLY = {"crops.jitter_prob": 0.0, "crops.grayscale_prob": 0.0, "crops.solarize_prob": 0.0,
                   "crops.blur_kernel": 1}
