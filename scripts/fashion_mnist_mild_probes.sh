@@ -32,6 +32,15 @@ variants = {
     # the control and the best of these again with another seed
     "milder_seed1": (660, {**AUGMENTATIONS["milder"], "seed": 1}),
     "milder_locals_0_seed1": (1000, {**AUGMENTATIONS["milder_nolocal"], "seed": 1}),
+    # less invariance still, without local crops: no flips; no flips and whole-image global crops
+    "milder_locals_0_noflip": (1000, {**AUGMENTATIONS["milder_nolocal"], "crops.flip_prob": 0.0}),
+    "still": (1000, {**AUGMENTATIONS["milder_nolocal"], "crops.flip_prob": 0.0, "crops.global_scale": [1.0, 1.0]}),
+    # the losses, without local crops: no KoLeo term; no iBOT term
+    "nolocal_koleo_0": (1000, {**AUGMENTATIONS["milder_nolocal"], "koleo_loss_weight": 0.0}),
+    "nolocal_ibot_0": (1000, {**AUGMENTATIONS["milder_nolocal"], "ibot_loss_weight": 0.0}),
+    # more KoLeo (its removal cost 6.8 points)
+    "nolocal_koleo_0.3": (1000, {**AUGMENTATIONS["milder_nolocal"], "koleo_loss_weight": 0.3}),
+    "nolocal_koleo_1": (1000, {**AUGMENTATIONS["milder_nolocal"], "koleo_loss_weight": 1.0}),
 }
 write_variants(sys.argv[1], {
     name: {"total_steps": steps, "epoch_length": steps // 20, "checkpoint_every": steps // 4,

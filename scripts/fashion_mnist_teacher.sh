@@ -9,7 +9,8 @@
 # schedule's length. AUG picks the augmentations, as scripts/tiny_variants.py defines them:
 # official (the tiny preset's), mild (geometric only: global crops 0.8-1, local 0.2-0.5, flips)
 # milder (crops 0.9-1 and 0.3-0.6, constant EMA momentum 0.996; BENCHMARKS.md, "Milder
-# augmentations") or milder_nolocal (milder without local crops; "Fewer local crops").
+# augmentations"), milder_nolocal (milder without local crops; "Fewer local crops") or
+# nolocal_noflip_koleo03 (milder_nolocal without flips, KoLeo weight 0.3; "Less invariance").
 #
 # WIDTH (default 256) sets the backbone's width: WIDTH/64 heads of 64, FFN 4 x WIDTH.
 #
@@ -21,7 +22,8 @@ run=${1:-runs/fashion-mnist-w256}
 aug=${2:-official}
 steps=${3:-5000}
 width=${4:-256}
-case $aug in official | mild | milder | milder_nolocal) ;; *) echo "AUG must be official, mild, milder or milder_nolocal, not $aug" >&2; exit 1 ;; esac
+case $aug in official | mild | milder | milder_nolocal | nolocal_noflip_koleo03) ;;
+  *) echo "AUG must be official, mild, milder, milder_nolocal or nolocal_noflip_koleo03, not $aug" >&2; exit 1 ;; esac
 source scripts/fashion_mnist_lib.sh
 mkdir -p "$run"
 config="$run/config-w$width.json"

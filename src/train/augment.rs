@@ -47,7 +47,11 @@ const SOLARIZE_THRESHOLD: f32 = 128.0 / 255.0;
 /// ITU-R 601-2 luma weights (PIL's `convert("L")`).
 const LUMA: [f32; 3] = [0.299, 0.587, 0.114];
 /// Horizontal flip probability (official `RandomHorizontalFlip(p=0.5)`).
-const FLIP_PROB: f64 = 0.5;
+pub const FLIP_PROB: f64 = 0.5;
+
+fn default_flip_prob() -> f64 {
+    FLIP_PROB
+}
 
 /// How often each crop is blurred: `[first global, other globals, locals]`.
 ///
@@ -101,6 +105,10 @@ pub struct CropConfig {
     pub jitter_prob: f64,
     /// Probability of turning a crop grey (official 0.2).
     pub grayscale_prob: f64,
+    /// Probability of mirroring a crop left-right (official 0.5). Recipes written before this
+    /// field existed load with the official value.
+    #[serde(default = "default_flip_prob")]
+    pub flip_prob: f64,
 }
 
 impl Default for CropConfig {
@@ -117,6 +125,7 @@ impl Default for CropConfig {
             solarize_prob: 0.2,
             jitter_prob: 0.8,
             grayscale_prob: 0.2,
+            flip_prob: FLIP_PROB,
         }
     }
 }
@@ -141,6 +150,7 @@ impl CropConfig {
             ("solarize", self.solarize_prob),
             ("jitter", self.jitter_prob),
             ("grayscale", self.grayscale_prob),
+            ("flip", self.flip_prob),
         ] {
             if !(0.0..=1.0).contains(&p) {
                 return fail(format!("{name} probability {p} is not in [0, 1]"));
@@ -206,7 +216,7 @@ fn augment_crop(
 ) -> Vec<f32> {
     let (width, height) = (image.width() as usize, image.height() as usize);
     let crop = random_resized_crop_box(width, height, scale, CROP_RATIO, rng);
-    let flip = rng.random::<f64>() < FLIP_PROB;
+    let flip = rng.random::<f64>() < config.flip_prob;
     let mut pixels = crop_resize_flip(image, crop, size, flip);
     if rng.random::<f64>() < config.jitter_prob {
         color_jitter(&mut pixels, rng);
@@ -763,12 +773,52 @@ mod tests {
     }
 
     #[test]
+    fn flip_probability_zero_never_mirrors_and_one_always_does() {
+        // whole-image crops (scale 1: every ratio draw that does not fit falls back to the whole
+        // image, one that rounds to 28 x 28 is the whole image too) and no colour transforms, so
+        // each crop is the image itself or its mirror
+        let image = noise_image(28, 28, 21);
+        let plain = crop_resize_flip(&image, (0, 0, 28, 28), 28, false);
+        let mirrored = crop_resize_flip(&image, (0, 0, 28, 28), 28, true);
+        let config = |flip_prob| CropConfig {
+            global_size: 28,
+            local_size: 28,
+            n_local: 2,
+            global_scale: (1.0, 1.0),
+            local_scale: (1.0, 1.0),
+            blur_kernel: 1,
+            solarize_prob: 0.0,
+            jitter_prob: 0.0,
+            grayscale_prob: 0.0,
+            flip_prob,
+            ..CropConfig::default()
+        };
+        let normalised = |mut pixels: Vec<f32>| {
+            normalise(&mut pixels);
+            pixels
+        };
+        for (flip_prob, expected) in [(0.0, normalised(plain)), (1.0, normalised(mirrored))] {
+            for seed in 0..20 {
+                let crops = multi_crop(&image, &config(flip_prob), &mut ChaCha8Rng::seed_from_u64(seed));
+                for crop in crops.globals.iter().chain(&crops.locals) {
+                    assert_eq!(crop, &expected, "flip_prob {flip_prob}, seed {seed}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn config_checks_and_names() {
         assert!(CropConfig::default().validate().is_ok());
         assert!(CropConfig { blur_kernel: 8, ..CropConfig::default() }.validate().is_err());
         assert!(CropConfig { local_scale: (0.3, 0.1), ..CropConfig::default() }.validate().is_err());
         assert!(CropConfig { jitter_prob: 1.5, ..CropConfig::default() }.validate().is_err());
+        assert!(CropConfig { flip_prob: -0.1, ..CropConfig::default() }.validate().is_err());
         let json = serde_json::to_string(&CropConfig::default()).unwrap();
+        // a recipe written before `flip_prob` existed loads with the official 0.5
+        let old: CropConfig = serde_json::from_str(&json.replace(",\"flip_prob\":0.5", "")).unwrap();
+        assert!(!json.replace(",\"flip_prob\":0.5", "").contains("flip"));
+        assert_eq!(old, CropConfig::default());
         assert!(json.contains("\"blur\":\"official\""), "{json}");
         let back: CropConfig = serde_json::from_str(&json.replace("official", "paper")).unwrap();
         assert_eq!(back.blur.values(), [1.0, 0.1, 0.5]);
