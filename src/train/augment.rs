@@ -47,7 +47,7 @@ const SOLARIZE_THRESHOLD: f32 = 128.0 / 255.0;
 /// ITU-R 601-2 luma weights (PIL's `convert("L")`).
 const LUMA: [f32; 3] = [0.299, 0.587, 0.114];
 /// Horizontal flip probability (official `RandomHorizontalFlip(p=0.5)`).
-pub const FLIP_PROB: f64 = 0.5;
+const FLIP_PROB: f64 = 0.5;
 
 fn default_flip_prob() -> f64 {
     FLIP_PROB
