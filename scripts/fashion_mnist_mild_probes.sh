@@ -41,6 +41,9 @@ variants = {
     # more KoLeo (its removal cost 6.8 points)
     "nolocal_koleo_0.3": (1000, {**AUGMENTATIONS["milder_nolocal"], "koleo_loss_weight": 0.3}),
     "nolocal_koleo_1": (1000, {**AUGMENTATIONS["milder_nolocal"], "koleo_loss_weight": 1.0}),
+    # more for the CLS token to gather with, without local crops: 4 register tokens; 6 blocks
+    "nolocal_reg4": (850, {**AUGMENTATIONS["milder_nolocal"], "arch.num_register_tokens": 4}),
+    "nolocal_depth6": (700, {**AUGMENTATIONS["milder_nolocal"], "arch.depth": 6}),
 }
 write_variants(sys.argv[1], {
     name: {"total_steps": steps, "epoch_length": steps // 20, "checkpoint_every": steps // 4,

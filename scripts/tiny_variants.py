@@ -36,7 +36,7 @@ AUGMENTATIONS = {
 }
 AUGMENTATIONS["milder_nolocal"] = {**AUGMENTATIONS["milder"], "crops.n_local": 0}
 # milder_nolocal without flips and with KoLeo 0.3: the two changes a little (within noise) ahead
-# of it in the 12-minute probes of 2026-12-01 (BENCHMARKS.md, "Less invariance, and the losses").
+# of it in the 12-minute probes of 2026-12-01 (BENCHMARKS.md, "Less invariance").
 AUGMENTATIONS["nolocal_noflip_koleo03"] = {**AUGMENTATIONS["milder_nolocal"], "crops.flip_prob": 0.0,
                                            "koleo_loss_weight": 0.3}
 
