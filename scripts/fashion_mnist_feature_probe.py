@@ -84,6 +84,8 @@ def main():
         probe()
     except subprocess.CalledProcessError as e:
         sys.exit(f"dinov2 embed failed: {e.stderr.decode().strip()}")
+    except OSError as e:
+        sys.exit(f"error: {e}")
 
 
 def probe():
@@ -93,7 +95,9 @@ def probe():
     xtr, ytr, ptr = split(work, "train", "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
     xte, yte, pte = split(work, "test", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
     os.makedirs(f"{work}/embeddings", exist_ok=True)
-    tag = os.path.abspath(weights).replace("/", "_")
+    # cached embeddings are keyed by the weights' path, size and time, so a retrained file is re-embedded
+    info = os.stat(weights)
+    tag = f"{os.path.abspath(weights).replace('/', '_')}.{info.st_size}.{info.st_mtime_ns}"
     tr = embed(weights, ptr, f"{work}/embeddings/{tag}.train")
     te = embed(weights, pte, f"{work}/embeddings/{tag}.test")
     ctr, cte = tr["cls"], te["cls"]
