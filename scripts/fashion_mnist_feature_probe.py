@@ -7,6 +7,8 @@ Descriptors: the CLS token (the protocol's; must agree with `dinov2 eval knn`), 
 token, the two concatenated (each L2-normalised), every patch token concatenated in grid order
 (each normalised: a spatial descriptor, as raw pixels are), raw pixels and raw pixels made
 flip-invariant (the image plus its mirror image: what invariance to flips costs the pixels).
+Then how invariant the CLS is: the cosine of each of the first 1000 test images' CLS with its
+mirror image's, against the cosine with the most similar other test image of the 1000.
 
     python3 scripts/fashion_mnist_feature_probe.py WEIGHTS [WORK_DIR]   # ~3 min for a 3M model
 
@@ -25,15 +27,18 @@ from safetensors.numpy import load_file
 DATA = "/usr/share/datasets/fashion-mnist/"
 CLASSES = ["T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
 KS = (10, 20, 100, 200)
+MIRRORED = 1000  # test images whose mirror image is embedded too
 
 
 def idx(name, offset):
     return np.frombuffer(gzip.open(DATA + name).read(), np.uint8, offset=offset)
 
 
-def split(work, name, images, labels):
+def split(work, name, images, labels, mirror=False):
     x = idx(images, 16).reshape(-1, 28, 28)
     y = idx(labels, 8)
+    if mirror:
+        x, y, name = x[:MIRRORED, :, ::-1], y[:MIRRORED], name + "-mirrored"
     os.makedirs(f"{work}/{name}", exist_ok=True)
     paths = [f"{work}/{name}/{i:05d}.png" for i in range(len(x))]
     for p, image in zip(paths, x):
@@ -100,6 +105,8 @@ def probe():
     tag = f"{os.path.abspath(weights).replace('/', '_')}.{info.st_size}.{info.st_mtime_ns}"
     tr = embed(weights, ptr, f"{work}/embeddings/{tag}.train")
     te = embed(weights, pte, f"{work}/embeddings/{tag}.test")
+    _, _, pmi = split(work, "test", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", mirror=True)
+    mi = embed(weights, pmi, f"{work}/embeddings/{tag}.test-mirrored")
     ctr, cte = tr["cls"], te["cls"]
     gtr, gte = tr["patch"].reshape(len(ctr), -1, ctr.shape[1]), te["patch"].reshape(len(cte), -1, cte.shape[1])
     # `eval knn --raw-pixels`: the grey image as RGB, normalised with the ImageNet mean and std
@@ -130,6 +137,12 @@ def probe():
     print(f"wrong with both {100 * ((cls != yte) & (raw != yte)).mean():.2f}%, with CLS only "
           f"{100 * ((cls != yte) & (raw == yte)).mean():.2f}%, with raw pixels only "
           f"{100 * ((cls == yte) & (raw != yte)).mean():.2f}%")
+    original, mirrored = normalise(cte[:MIRRORED]), normalise(mi["cls"])
+    sim = original @ original.T
+    np.fill_diagonal(sim, -np.inf)
+    print(f"CLS invariance (first {MIRRORED} test images): cosine with its mirror image mean "
+          f"{(original * mirrored).sum(1).mean():.3f}, with the most similar other image median "
+          f"{np.median(sim.max(1)):.3f}, two images at random mean {sim[np.isfinite(sim)].mean():.3f}")
     c = ctr[:10000] - ctr[:10000].mean(0)
     s = np.linalg.svd(c, compute_uv=False) ** 2
     p = s / s.sum()
