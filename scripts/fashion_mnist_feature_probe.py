@@ -84,9 +84,10 @@ def knn(train, train_y, test, T=0.07):
     return np.concatenate(votes, 1)
 
 
-def main():
+def run(body):
+    """`body()`, its failures as one-line errors (shared with fashion_mnist_knn_paired.py)."""
     try:
-        probe()
+        body()
     except subprocess.CalledProcessError as e:
         sys.exit(f"dinov2 embed failed: {e.stderr.decode().strip()}")
     except OSError as e:
@@ -151,4 +152,4 @@ def probe():
 
 
 if __name__ == "__main__":
-    main()
+    run(probe)

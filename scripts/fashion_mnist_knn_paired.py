@@ -11,12 +11,11 @@ Needs numpy, pillow, safetensors, scipy, dataset-fashion-mnist and the release b
 its image and embedding cache (WORK_DIR, default /tmp/fashion-mnist-probe) with
 scripts/fashion_mnist_feature_probe.py."""
 import os
-import subprocess
 import sys
 
 from scipy.stats import binomtest
 
-from fashion_mnist_feature_probe import KS, embed, knn, split
+from fashion_mnist_feature_probe import KS, embed, knn, run, split
 
 
 def main():
@@ -46,9 +45,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except subprocess.CalledProcessError as e:
-        sys.exit(f"dinov2 embed failed: {e.stderr.decode().strip()}")
-    except OSError as e:
-        sys.exit(f"error: {e}")
+    run(main)
