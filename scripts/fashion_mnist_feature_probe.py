@@ -62,6 +62,15 @@ def embed(weights, paths, out):
     return {key: np.concatenate([p[key] for p in parts]) for key in ("cls", "patch")}
 
 
+def cached_embeddings(weights, work, splits):
+    """`embed` of each named list of paths in `splits`, cached in WORK/embeddings under a key of
+    the weights' path, size and time (a retrained file is re-embedded)."""
+    os.makedirs(f"{work}/embeddings", exist_ok=True)
+    info = os.stat(weights)
+    tag = f"{os.path.abspath(weights).replace('/', '_')}.{info.st_size}.{info.st_mtime_ns}"
+    return [embed(weights, paths, f"{work}/embeddings/{tag}.{name}") for name, paths in splits.items()]
+
+
 def normalise(x):
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
@@ -100,14 +109,8 @@ def probe():
     os.chdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     xtr, ytr, ptr = split(work, "train", "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
     xte, yte, pte = split(work, "test", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
-    os.makedirs(f"{work}/embeddings", exist_ok=True)
-    # cached embeddings are keyed by the weights' path, size and time, so a retrained file is re-embedded
-    info = os.stat(weights)
-    tag = f"{os.path.abspath(weights).replace('/', '_')}.{info.st_size}.{info.st_mtime_ns}"
-    tr = embed(weights, ptr, f"{work}/embeddings/{tag}.train")
-    te = embed(weights, pte, f"{work}/embeddings/{tag}.test")
     _, _, pmi = split(work, "test", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", mirror=True)
-    mi = embed(weights, pmi, f"{work}/embeddings/{tag}.test-mirrored")
+    tr, te, mi = cached_embeddings(weights, work, {"train": ptr, "test": pte, "test-mirrored": pmi})
     ctr, cte = tr["cls"], te["cls"]
     gtr, gte = tr["patch"].reshape(len(ctr), -1, ctr.shape[1]), te["patch"].reshape(len(cte), -1, cte.shape[1])
     # `eval knn --raw-pixels`: the grey image as RGB, normalised with the ImageNet mean and std

@@ -15,7 +15,7 @@ import sys
 
 from scipy.stats import binomtest
 
-from fashion_mnist_feature_probe import KS, embed, knn, run, split
+from fashion_mnist_feature_probe import KS, cached_embeddings, knn, run, split
 
 
 def main():
@@ -26,14 +26,10 @@ def main():
     os.chdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     _, ytr, ptr = split(work, "train", "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
     _, yte, pte = split(work, "test", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
-    os.makedirs(f"{work}/embeddings", exist_ok=True)
     right = []
     for weights in (a, b):
-        info = os.stat(weights)
-        tag = f"{os.path.abspath(weights).replace('/', '_')}.{info.st_size}.{info.st_mtime_ns}"
-        tr = embed(weights, ptr, f"{work}/embeddings/{tag}.train")["cls"]
-        te = embed(weights, pte, f"{work}/embeddings/{tag}.test")["cls"]
-        right.append(knn(tr, ytr, te) == yte)
+        tr, te = cached_embeddings(weights, work, {"train": ptr, "test": pte})
+        right.append(knn(tr["cls"], ytr, te["cls"]) == yte)
     print(f"A = {a}\nB = {b}")
     print("| k | A top-1 | B top-1 | A only right | B only right | McNemar exact p (two-sided) |")
     print("|---|---|---|---|---|---|")
