@@ -12,6 +12,9 @@
 #   bash scripts/fashion_mnist_distill.sh [TEACHER_RUN] [MINUTES] [DISTILL_RATE] [SCRATCH_RATE]
 #   AUG=milder OUT=runs/pair bash scripts/fashion_mnist_distill.sh ...
 #
+# TEACHER_CACHE=1 distils with `--teacher-cache` (the teacher's outputs for every training image
+# and its mirror image computed once at the start, inside the minutes; the distillation's
+# schedule is sized to the minutes left after it, as the probe measures it).
 # AUG (official, mild or milder; scripts/tiny_variants.py) swaps both students' augmentations:
 # the same recipe for both, the tiny preset's own by default. OUT (default runs) holds the two
 # run folders, distill-tiny and scratch-tiny. Each process runs one thread for everything,
@@ -45,18 +48,26 @@ PY
 # one core each, side by side (the CPU default is a device per core)
 one_thread=(env RAYON_NUM_THREADS=1 MATMUL_NUM_THREADS=1)
 one_core=(--devices cpu:1 --data fashion-mnist-train --overwrite --quiet)
-distill() { "${one_thread[@]}" $bin distill --teacher "$teacher" --config "$out/distill.json" "$@"; }
+cache=()
+[ "${TEACHER_CACHE:-0}" = 1 ] && cache=(--teacher-cache)
+distill() { "${one_thread[@]}" $bin distill --teacher "$teacher" --config "$out/distill.json" ${cache[@]+"${cache[@]}"} "$@"; }
 scratch() { "${one_thread[@]}" $bin train --config "$out/scratch.json" "$@"; }
-# images/s of 20 steps, both probes at once as the runs will be
+# images/s of 20 steps (after the teacher cache, if any), both probes at once as the runs will
+# be; the seconds the cache took
 rate() { "$@" --steps 20 "${one_core[@]}" 2>&1 | sed -n 's/.* steps, \([0-9.]*\) images\/s.*/\1/p'; }
+cache_seconds=0
 if [ $# -ge 4 ]; then distill_rate=$3; scratch_rate=$4; else
   probe=$(mktemp -d)
-  rate distill --out "$probe/d" > "$probe/d.rate" & rate scratch --out "$probe/s" > "$probe/s.rate"; wait
-  distill_rate=$(cat "$probe/d.rate"); scratch_rate=$(cat "$probe/s.rate"); rm -rf "$probe"
+  distill --out "$probe/d" --steps 20 "${one_core[@]}" > "$probe/d.log" 2>&1 &
+  rate scratch --out "$probe/s" > "$probe/s.rate"; wait
+  distill_rate=$(sed -n 's/.* steps, \([0-9.]*\) images\/s.*/\1/p' "$probe/d.log")
+  cache_seconds=$(sed -n 's/^cached the teacher.* in \([0-9.]*\) s$/\1/p' "$probe/d.log")
+  cache_seconds=${cache_seconds:-0}
+  scratch_rate=$(cat "$probe/s.rate"); rm -rf "$probe"
 fi
-steps() { python3 -c "print(int($1 * 60 * $minutes / 64))"; }
-distill_steps=$(steps "$distill_rate"); scratch_steps=$(steps "$scratch_rate")
-echo "distillation $distill_rate images/s: $distill_steps steps; from scratch $scratch_rate images/s: $scratch_steps steps"
+steps() { python3 -c "print(int($1 * (60 * $minutes - $2) / 64))"; }
+distill_steps=$(steps "$distill_rate" "$cache_seconds"); scratch_steps=$(steps "$scratch_rate" 0)
+echo "distillation $distill_rate images/s (teacher cache ${cache_seconds} s): $distill_steps steps; from scratch $scratch_rate images/s: $scratch_steps steps"
 every() { echo $(( ($1 + 4) / 5 )); }
 common=(--max-minutes "$minutes" --keep-snapshots "${one_core[@]}")
 distill --out "$out/distill-tiny" --total-steps "$distill_steps" --checkpoint-every "$(every "$distill_steps")" "${common[@]}" &

@@ -109,6 +109,13 @@ pub struct DistillArgs {
     /// The student's complete recipe as JSON, instead of --student-preset.
     #[arg(long, conflicts_with = "student_preset")]
     pub config: Option<PathBuf>,
+    /// Run the teacher once per training image (as is and mirrored, whole image at the global
+    /// crop size) at the start, and pair each student global crop with those outputs instead
+    /// of running the teacher on every crop: a step costs about a training step's time. An
+    /// approximation that suits global crops covering most of the image; the cache is held in
+    /// memory (the time it takes counts in --max-minutes).
+    #[arg(long)]
+    pub teacher_cache: bool,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -777,7 +784,8 @@ fn distill_command(args: DistillArgs) -> Result<()> {
         return Err(Error::Usage(format!("{}: no such teacher", args.teacher.display())));
     }
     crate::train::trainer::check_teacher(&args.teacher, &config)?;
-    config.distillation = Some(Distillation { teacher: args.teacher.clone() });
+    let teacher_cache = args.teacher_cache || config.distillation.as_ref().is_some_and(|d| d.teacher_cache);
+    config.distillation = Some(Distillation { teacher: args.teacher.clone(), teacher_cache });
     let label = if args.config.is_some() { "--config".to_string() } else { args.student_preset.clone() };
     run_recipe(
         config,

@@ -167,6 +167,9 @@ pub struct Crops {
     pub globals: Vec<Vec<f32>>,
     /// `n_local` crops of `3 * local_size * local_size` values.
     pub locals: Vec<Vec<f32>>,
+    /// Whether each global crop was mirrored (distillation's teacher cache pairs each crop
+    /// with the teacher's output for the whole image the same way round).
+    pub global_flips: Vec<bool>,
 }
 
 /// The official `DataAugmentationDINO.__call__`: `n_global` global crops, then `n_local` local
@@ -180,7 +183,7 @@ pub fn multi_crop(image: &RgbImage, config: &CropConfig, rng: &mut impl Rng) -> 
         panic!("{e}");
     }
     let [blur_first, blur_other, blur_local] = config.blur.values();
-    let globals = (0..config.n_global)
+    let (globals, global_flips) = (0..config.n_global)
         .map(|i| {
             let extra = if i == 0 {
                 Extra { blur_prob: blur_first, solarize_prob: None }
@@ -189,12 +192,22 @@ pub fn multi_crop(image: &RgbImage, config: &CropConfig, rng: &mut impl Rng) -> 
             };
             augment_crop(image, config.global_size, config.global_scale, extra, config, rng)
         })
-        .collect();
+        .unzip();
     let local_extra = Extra { blur_prob: blur_local, solarize_prob: None };
     let locals = (0..config.n_local)
-        .map(|_| augment_crop(image, config.local_size, config.local_scale, local_extra, config, rng))
+        .map(|_| augment_crop(image, config.local_size, config.local_scale, local_extra, config, rng).0)
         .collect();
-    Crops { globals, locals }
+    Crops { globals, locals, global_flips }
+}
+
+/// The whole image resized to `size x size` (as a crop of scale 1 and the image's own aspect
+/// ratio would be), mirrored when `flip`, normalised, with no other augmentation: the views
+/// distillation's teacher cache holds.
+pub fn whole_view(image: &RgbImage, size: usize, flip: bool) -> Vec<f32> {
+    let mut pixels =
+        crop_resize_flip(image, (0, 0, image.width() as usize, image.height() as usize), size, flip);
+    normalise(&mut pixels);
+    pixels
 }
 
 /// The transforms that differ between crops (official `global_transfo*_extra`).
@@ -205,7 +218,8 @@ struct Extra {
     solarize_prob: Option<f64>,
 }
 
-/// One crop through the official pipeline; the draws follow torchvision's order.
+/// One crop through the official pipeline, and whether it was mirrored; the draws follow
+/// torchvision's order.
 fn augment_crop(
     image: &RgbImage,
     size: usize,
@@ -213,7 +227,7 @@ fn augment_crop(
     extra: Extra,
     config: &CropConfig,
     rng: &mut impl Rng,
-) -> Vec<f32> {
+) -> (Vec<f32>, bool) {
     let (width, height) = (image.width() as usize, image.height() as usize);
     let crop = random_resized_crop_box(width, height, scale, CROP_RATIO, rng);
     let flip = rng.random::<f64>() < config.flip_prob;
@@ -234,7 +248,7 @@ fn augment_crop(
         solarize(&mut pixels);
     }
     normalise(&mut pixels);
-    pixels
+    (pixels, flip)
 }
 
 /// torchvision `RandomResizedCrop.get_params`: `(left, top, width, height)` in pixels. Up to 10

@@ -127,6 +127,16 @@ pub struct Distillation {
     /// exported safetensors), whose heads are then initialised from `seed` and stay frozen.
     /// It must use the student's patch size (iBOT pairs their patch tokens).
     pub teacher: std::path::PathBuf,
+    /// Compute the frozen teacher's backbone outputs once, at the start of the run, for every
+    /// training image and its mirror image (the whole image at the global crop size, no other
+    /// augmentation), and pair each student global crop with the teacher's output for its
+    /// image the same way round, instead of running the teacher on every crop: a step then
+    /// costs about what a training step does (`dinov2 distill --teacher-cache`). An
+    /// approximation of the teacher seeing the student's own crop, close where the global
+    /// crops cover most of the image; it holds the cache in memory (4 bytes per value, tokens
+    /// × teacher width × 2 per image).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub teacher_cache: bool,
 }
 
 impl TrainConfig {
@@ -254,6 +264,11 @@ impl TrainConfig {
         let mut sizes =
             vec![("crops.global_size", self.crops.global_size), ("crops.local_size", self.crops.local_size)];
         if let Some(h) = &self.highres {
+            if self.distillation.as_ref().is_some_and(|d| d.teacher_cache) {
+                return Err("distillation.teacher_cache holds the teacher's outputs at crops.global_size: \
+                            it cannot be used with a highres phase"
+                    .to_string());
+            }
             sizes.push(("highres.global_size", h.global_size));
             sizes.push(("highres.local_size", h.local_size));
             if h.steps > self.total_steps {

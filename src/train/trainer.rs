@@ -119,6 +119,10 @@ pub struct Batch {
     /// The images of the whole step, which the losses average over (more than this batch's
     /// own where it is one device's shard of the step).
     pub step_images: usize,
+    /// This batch's dataset indices, and whether each global crop was mirrored (crop-major,
+    /// as `globals`): what distillation's teacher cache looks its outputs up by.
+    pub indices: Vec<usize>,
+    pub global_flips: Vec<bool>,
 }
 
 impl Batch {
@@ -148,6 +152,10 @@ impl Batch {
             drops_global: self.drops_global.iter().map(|d| d.shard(&ranges(n_global))).collect(),
             drops_local: self.drops_local.iter().map(|d| d.shard(&ranges(n_local))).collect(),
             step_images: b,
+            indices: self.indices[start..start + len].to_vec(),
+            global_flips: (0..n_global)
+                .flat_map(|h| self.global_flips[h * b + start..h * b + start + len].iter().copied())
+                .collect(),
         }
     }
 }
@@ -208,9 +216,11 @@ pub fn make_batch(c: &TrainConfig, data: &Dataset, indices: &[usize], step: usiz
         .collect::<Result<_>>()?;
     let b = indices.len();
     let mut globals = Vec::new();
+    let mut global_flips = Vec::new();
     for g in 0..crops_config.n_global {
         for crop in &crops {
             globals.extend_from_slice(&crop.globals[g]);
+            global_flips.push(crop.global_flips[g]);
         }
     }
     let mut locals = Vec::new();
@@ -245,6 +255,8 @@ pub fn make_batch(c: &TrainConfig, data: &Dataset, indices: &[usize], step: usiz
         drops_global,
         drops_local,
         step_images: b,
+        indices: indices.to_vec(),
+        global_flips,
     })
 }
 
@@ -277,13 +289,28 @@ fn masked_rows(masks: &[Vec<bool>], device: &Device) -> (usize, Tensor<1, Int>) 
 /// teacher's own (plain) device: both global crops, no masks, no gradients.
 pub fn teacher_logits(c: &TrainConfig, teacher: &SslModel, batch: &Batch, device: &Device) -> TeacherLogits {
     let b2 = batch.masks.len();
+    let out = teacher.backbone.forward_features(image_tensor(&batch.globals, b2, batch.global_size, device));
+    let tokens = batch.masks.first().map_or(0, Vec::len);
+    let patch = out.patch.reshape([b2, tokens, teacher.backbone.config.embed_dim]);
+    teacher_head_logits(c, teacher, out.cls, patch, batch, device)
+}
+
+/// The teacher's heads on its backbone's outputs for the global crops: `cls` `[2b, D]`,
+/// `patch` `[2b, P, D]`, crop-major.
+fn teacher_head_logits(
+    c: &TrainConfig,
+    teacher: &SslModel,
+    cls: Tensor<2>,
+    patch: Tensor<3>,
+    batch: &Batch,
+    device: &Device,
+) -> TeacherLogits {
+    let b2 = batch.masks.len();
     let b = b2 / c.crops.n_global;
     let tokens = batch.masks.first().map_or(0, Vec::len);
-    let out = teacher.backbone.forward_features(image_tensor(&batch.globals, b2, batch.global_size, device));
-    let cls = out.cls;
     let swapped = Tensor::cat(vec![cls.clone().narrow(0, b, b), cls.narrow(0, 0, b)], 0);
     let (n_masked, rows) = masked_rows(&batch.masks, device);
-    let patches = out.patch.reshape([b2 * tokens, teacher.backbone.config.embed_dim]);
+    let patches = patch.reshape([b2 * tokens, teacher.backbone.config.embed_dim]);
     let masked = (n_masked > 0).then(|| patches.select(0, rows));
     match masked {
         Some(masked) if c.ibot_separate_head => TeacherLogits {
@@ -295,6 +322,109 @@ pub fn teacher_logits(c: &TrainConfig, teacher: &SslModel, batch: &Batch, device
             TeacherLogits { cls: both.clone().narrow(0, 0, b2), patch: Some(both.narrow(0, b2, n_masked)) }
         }
         None => TeacherLogits { cls: teacher.dino_head.forward(swapped), patch: None },
+    }
+}
+
+/// Distillation's teacher cache ([`crate::train::config::Distillation::teacher_cache`]): the
+/// frozen teacher's backbone outputs (CLS then patch tokens, after the final norm) for every
+/// training image, as is and mirrored, at the global crop size, on the host.
+pub struct TeacherCache {
+    /// `[images, 2 (as is, mirrored), 1 + P, D]`.
+    tokens: Vec<f32>,
+    patches: usize,
+    dim: usize,
+}
+
+/// The largest teacher cache `distill --teacher-cache` builds (host memory).
+const TEACHER_CACHE_LIMIT_BYTES: usize = 8 << 30;
+
+impl TeacherCache {
+    /// The teacher's outputs for every image of `data`: batches of whole-image views, split
+    /// over `teachers` (one per device, on `devices`); `progress` gets the images done.
+    pub fn build(
+        c: &TrainConfig,
+        data: &Dataset,
+        teachers: &[SslModel],
+        devices: &[Device],
+        compute: Option<DType>,
+        mut progress: impl FnMut(usize),
+    ) -> Result<Self> {
+        let size = c.crops.global_size;
+        let grid = size / c.arch.patch_size;
+        let (patches, dim) = (grid * grid, teachers[0].backbone.config.embed_dim);
+        let per_image = 2 * (1 + patches) * dim;
+        let bytes = data.len().saturating_mul(per_image).saturating_mul(4);
+        if bytes > TEACHER_CACHE_LIMIT_BYTES {
+            return Err(Error::Usage(format!(
+                "--teacher-cache: {} images would need {:.1} GiB of host memory for the teacher's outputs \
+                 (limit {} GiB); distil without it",
+                data.len(),
+                bytes as f64 / (1u64 << 30) as f64,
+                TEACHER_CACHE_LIMIT_BYTES >> 30
+            )));
+        }
+        let mut tokens = vec![0.0f32; data.len() * per_image];
+        let chunk = 128 * devices.len();
+        for start in (0..data.len()).step_by(chunk) {
+            let end = (start + chunk).min(data.len());
+            let shards = shard_sizes(end - start, devices.len());
+            let mut offset = start;
+            let ranges: Vec<(usize, usize)> = shards
+                .iter()
+                .map(|&len| {
+                    offset += len;
+                    (offset - len, offset)
+                })
+                .collect();
+            let outputs = per_shard(ranges.len(), compute, |s| -> Result<Vec<f32>> {
+                let (from, to) = ranges[s];
+                let mut views = Vec::with_capacity((to - from) * 2 * 3 * size * size);
+                for i in from..to {
+                    let image = data.image(i)?;
+                    for flip in [false, true] {
+                        views.extend(crate::train::augment::whole_view(&image, size, flip));
+                    }
+                }
+                let out = teachers[s].backbone.forward_features(image_tensor(
+                    &views,
+                    2 * (to - from),
+                    size,
+                    &devices[s],
+                ));
+                let n = 2 * (to - from);
+                let patch = out.patch.reshape([n, patches, dim]);
+                let both = Tensor::cat(vec![out.cls.reshape([n, 1, dim]), patch], 1);
+                crate::features::to_host(both)
+                    .map_err(|e| Error::Device(format!("cannot read the teacher's outputs back: {e}")))
+            });
+            for ((from, to), values) in ranges.into_iter().zip(outputs) {
+                tokens[from * per_image..to * per_image].copy_from_slice(&values?);
+            }
+            progress(end - start);
+        }
+        Ok(Self { tokens, patches, dim })
+    }
+
+    /// The teacher's logits for `batch` (a shard of a step) from the cache, on `device`.
+    pub fn logits(
+        &self,
+        c: &TrainConfig,
+        teacher: &SslModel,
+        batch: &Batch,
+        device: &Device,
+    ) -> TeacherLogits {
+        let per_view = (1 + self.patches) * self.dim;
+        let b = batch.indices.len();
+        let mut rows = Vec::with_capacity(batch.global_flips.len() * per_view);
+        for (k, &flip) in batch.global_flips.iter().enumerate() {
+            let view = 2 * batch.indices[k % b] + usize::from(flip);
+            rows.extend_from_slice(&self.tokens[view * per_view..(view + 1) * per_view]);
+        }
+        let b2 = batch.global_flips.len();
+        let all = Tensor::<3>::from_data(TensorData::new(rows, [b2, 1 + self.patches, self.dim]), device);
+        let cls = all.clone().narrow(1, 0, 1).reshape([b2, self.dim]);
+        let patch = all.narrow(1, 1, self.patches);
+        teacher_head_logits(c, teacher, cls, patch, batch, device)
     }
 }
 
@@ -670,6 +800,9 @@ pub struct TrainState {
     pub devices: Vec<Device>,
     /// Distillation's frozen teacher on each of `devices`, copied once.
     frozen_replicas: Vec<SslModel>,
+    /// Distillation's teacher cache, once [`Self::cache_teacher`] has built it: the targets
+    /// then come from it instead of the teacher's backbone.
+    pub teacher_cache: Option<TeacherCache>,
     /// The element type of the matrix products under mixed precision, `None` for f32.
     pub compute: Option<DType>,
     /// The dynamic loss scale under mixed precision.
@@ -807,6 +940,7 @@ impl TrainState {
             checkpointing,
             devices: vec![device.clone()],
             frozen_replicas: Vec::new(),
+            teacher_cache: None,
             compute,
             scaler: compute.map(|_| LossScaler::default()),
         })
@@ -828,6 +962,26 @@ impl TrainState {
         self.devices = devices;
         self.frozen_replicas.clear();
         Ok(self)
+    }
+
+    /// Build distillation's teacher cache over `data` (see [`TeacherCache`]) on this state's
+    /// devices; `progress` gets the images done.
+    pub fn cache_teacher(
+        &mut self,
+        data: &Dataset,
+        c: &TrainConfig,
+        progress: impl FnMut(usize),
+    ) -> Result<()> {
+        let frozen = self.frozen_teacher.as_ref().ok_or_else(|| {
+            Error::Usage("the teacher cache is for distillation: this run has no frozen teacher".into())
+        })?;
+        if self.frozen_replicas.len() < self.devices.len() {
+            self.frozen_replicas = self.devices.iter().map(|d| frozen.clone().to_device(d)).collect();
+        }
+        let replicas = &self.frozen_replicas[..self.devices.len()];
+        self.teacher_cache =
+            Some(TeacherCache::build(c, data, replicas, &self.devices, self.compute, progress)?);
+        Ok(())
     }
 
     /// Continue from a checkpoint's tensors.
@@ -936,8 +1090,12 @@ impl TrainState {
         let masked: usize = patch_lens.iter().flatten().sum();
         check_gathered_logits(c, &main, b, masked)?;
         let compute = self.compute;
+        let cache = self.teacher_cache.as_ref();
         let (cls_logits, patch_logits): (Vec<_>, Vec<_>) = per_shard(n, compute, |s| {
-            let logits = teacher_logits(c, &teachers[s], &batches[s], &devices[s]);
+            let logits = match cache {
+                Some(cache) => cache.logits(c, &teachers[s], &batches[s], &devices[s]),
+                None => teacher_logits(c, &teachers[s], &batches[s], &devices[s]),
+            };
             (Some(logits.cls), logits.patch)
         })
         .into_iter()
@@ -1146,6 +1304,26 @@ pub fn train(c: &TrainConfig, data: &Dataset, device: &Device, options: &RunOpti
         .open(&metrics_path)
         .map_err(|e| Error::io(&metrics_path, e))?;
     let started = Instant::now();
+    if c.distillation.as_ref().is_some_and(|d| d.teacher_cache) {
+        // inside --max-minutes: the cache is part of the distillation's cost
+        let caching =
+            if options.progress { ProgressBar::new(data.len() as u64) } else { ProgressBar::hidden() };
+        caching.set_style(
+            ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30}] {pos}/{len} caching the teacher's outputs",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        state.cache_teacher(data, c, |n| caching.inc(n as u64))?;
+        caching.finish_and_clear();
+        eprintln!(
+            "cached the teacher's outputs for {} images (as is and mirrored) in {:.1} s",
+            data.len(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let stepping = Instant::now();
     let mut order_cache = None;
     let mut last = None;
     let mut images = 0usize;
@@ -1174,7 +1352,7 @@ pub fn train(c: &TrainConfig, data: &Dataset, device: &Device, options: &RunOpti
         };
         images += c.batch_size;
         step += 1;
-        let rate = images as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        let rate = images as f64 / stepping.elapsed().as_secs_f64().max(1e-9);
         let (loss, rates) = (&outcome.loss, &outcome.rates);
         let record = serde_json::json!({
             "step": step,
@@ -1220,7 +1398,7 @@ pub fn train(c: &TrainConfig, data: &Dataset, device: &Device, options: &RunOpti
     Ok(RunSummary {
         steps_done: step - start,
         last_loss: last,
-        images_per_second: images as f64 / started.elapsed().as_secs_f64().max(1e-9),
+        images_per_second: images as f64 / stepping.elapsed().as_secs_f64().max(1e-9),
         checkpoint: checkpoint_path,
     })
 }

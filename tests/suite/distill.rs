@@ -45,7 +45,7 @@ fn student_config(teacher: &std::path::Path) -> TrainConfig {
     c.warmup_epochs = 0.0;
     c.freeze_last_layer_epochs = 0.0;
     c.total_steps = 40;
-    c.distillation = Some(Distillation { teacher: teacher.to_path_buf() });
+    c.distillation = Some(Distillation { teacher: teacher.to_path_buf(), teacher_cache: false });
     c
 }
 
@@ -230,4 +230,100 @@ fn distillation_on_two_cpu_devices_equals_one() {
         let err = max_abs_diff(&t.data, &ema_two[name].data);
         assert!(err <= 1e-5, "{name} differs by {err}");
     }
+}
+
+/// With whole-image global crops and no colour augmentation, the cached teacher's outputs are
+/// exactly what the teacher computes on the crops: the same logits, the same steps.
+#[test]
+fn the_teacher_cache_gives_the_live_teachers_targets_on_whole_image_crops() {
+    let dir = Scratch::new("distill-cache");
+    let data_dir = dir.join("data");
+    image_folder(&data_dir, 2, 6, 5);
+    let teacher = teacher_run(&dir, s(&data_dir));
+    let mut live = student_config(&teacher);
+    live.crops.global_scale = (1.0, 1.0);
+    live.crops.jitter_prob = 0.0;
+    live.crops.grayscale_prob = 0.0;
+    live.crops.solarize_prob = 0.0;
+    live.crops.blur_kernel = 1;
+    let mut cached = live.clone();
+    cached.distillation.as_mut().unwrap().teacher_cache = true;
+    let data = dinov2_wgpu::train::data::Dataset::open(s(&data_dir)).unwrap();
+    let device = ndarray_device();
+    let mut with_cache =
+        TrainState::new(&cached, &device).unwrap().on_devices(vec![device.clone(); 2]).unwrap();
+    let mut done = 0;
+    with_cache.cache_teacher(&data, &cached, |n| done += n).unwrap();
+    assert_eq!(done, data.len());
+    let mut without = TrainState::new(&live, &device).unwrap();
+    assert!(without.teacher_cache.is_none());
+
+    let frozen = without.frozen_teacher.as_ref().unwrap();
+    let cache = with_cache.teacher_cache.as_ref().unwrap();
+    let mut flips = std::collections::BTreeSet::new();
+    for step in 0..3 {
+        let batch = make_batch(&cached, &data, &[1, 4, 7, 10], step).unwrap();
+        flips.extend(batch.global_flips.iter().copied());
+        let want = trainer::teacher_logits(&cached, frozen, &batch, &device);
+        let got = cache.logits(&cached, frozen, &batch, &device);
+        for (name, a, b) in [("cls", want.cls, got.cls), ("patch", want.patch.unwrap(), got.patch.unwrap())] {
+            let (a, b) = (host(a), host(b));
+            let err = max_abs_diff(&a, &b);
+            assert!(err <= 1e-4, "{name} logits differ by {err} at step {step}");
+        }
+    }
+    assert_eq!(flips.len(), 2, "the batches hold mirrored and unmirrored crops");
+    for step in 0..3 {
+        let batch = make_batch(&cached, &data, &[0, 5, 6, 11], step).unwrap();
+        let (a, b) = (
+            without.step(&live, &batch, step).unwrap().loss,
+            with_cache.step(&cached, &batch, step).unwrap().loss,
+        );
+        for (x, y) in [
+            (a.total, b.total),
+            (a.dino_local, b.dino_local),
+            (a.dino_global, b.dino_global),
+            (a.ibot, b.ibot),
+        ] {
+            assert!((x - y).abs() <= 1e-4 * (1.0 + x.abs()), "step {step}: live {a:?}, cached {b:?}");
+        }
+    }
+
+    // a cache cannot hold a highres phase's larger crops
+    let mut highres = cached.clone();
+    highres.highres = Some(dinov2_wgpu::train::config::HighRes { steps: 1, global_size: 28, local_size: 14 });
+    assert!(highres.validate().unwrap_err().contains("teacher_cache"));
+}
+
+/// `distill --teacher-cache` records the cache in the run's recipe and resumes exactly (the
+/// cache is rebuilt from the same teacher).
+#[test]
+fn distill_with_the_teacher_cache_from_the_command_line_resumes_exactly() {
+    let dir = Scratch::new("distill-cache-cli");
+    let data_dir = dir.join("data");
+    image_folder(&data_dir, 2, 6, 6);
+    let data = s(&data_dir);
+    let teacher = teacher_run(&dir, data);
+    let mut c = student_config(&teacher);
+    c.total_steps = 4;
+    c.distillation = None;
+    let config = dir.join("student.json");
+    write_config(&config, &c);
+    let run = |extra: &[&str], out: &std::path::Path| {
+        let mut a = vec!["distill", "--teacher", s(&teacher), "--config", s(&config), "--teacher-cache"];
+        a.extend(["--data", data, "--out", s(out), "--backend", "ndarray", "--quiet"]);
+        a.extend(extra);
+        let o = dinov2(&a);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let straight = dir.join("straight");
+    let stderr = run(&[], &straight);
+    assert!(stderr.contains("cached the teacher's outputs for 12 images"), "{stderr}");
+    let saved = read_checkpoint(&straight.join(trainer::CHECKPOINT)).unwrap();
+    assert!(saved.config.distillation.as_ref().is_some_and(|d| d.teacher_cache));
+    let stopped = dir.join("stopped");
+    run(&["--steps", "2"], &stopped);
+    run(&["--resume"], &stopped);
+    assert_same_run(&straight, &stopped, "distill --teacher-cache: stop + resume");
 }

@@ -11,7 +11,7 @@ use dinov2_wgpu::kernels::{
     shaders::{Shader, expand},
 };
 
-use crate::common::{ndarray_device, wgpu_device};
+use crate::common::{host, ndarray_device, wgpu_device};
 
 /// Deterministic N(0, 1) samples (xorshift + Box-Muller), the same on every machine.
 fn normal(n: usize, seed: u64) -> Vec<f32> {
@@ -32,10 +32,6 @@ fn normal(n: usize, seed: u64) -> Vec<f32> {
 
 fn tensor<const D: usize>(data: &[f32], shape: [usize; D], device: &Device) -> Tensor<D> {
     Tensor::from_data(TensorData::new(data.to_vec(), shape), device)
-}
-
-fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
 }
 
 fn host_int(t: Tensor<1, Int>) -> Vec<i64> {

@@ -18,7 +18,7 @@ use dinov2_wgpu::train::loss::{
     dino_loss, ibot_loss, koleo_loss, sinkhorn_targets, softmax_center_targets, updated_center,
 };
 
-use crate::common::{ndarray_device, read_tensor, read_u8, wgpu_device};
+use crate::common::{host, ndarray_device, read_tensor, read_u8, wgpu_device};
 
 const STUDENT_TEMP: f64 = 0.1;
 const SINKHORN_TEMP: f64 = 0.05;
@@ -88,10 +88,6 @@ impl Fixture {
 
 fn tensor<const D: usize>(data: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
     Tensor::from_data(TensorData::new(data, shape), device)
-}
-
-fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
 }
 
 /// Which teacher targets the DINO terms use.

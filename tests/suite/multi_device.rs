@@ -178,10 +178,6 @@ fn devices_are_parsed_with_one_line_errors() {
     }
 }
 
-fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-}
-
 #[test]
 fn train_on_two_cpu_devices_from_the_cli_then_resume_on_one() {
     use crate::training::{losses, write_config};

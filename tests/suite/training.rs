@@ -586,7 +586,3 @@ fn eval_knn_and_train_from_the_command_line() {
     assert!(!run.status.success());
     assert!(String::from_utf8_lossy(&run.stderr).contains("batch_size"));
 }
-
-fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-}
