@@ -59,14 +59,31 @@ cache_seconds=0
 if [ $# -ge 4 ]; then distill_rate=$3; scratch_rate=$4; else
   probe=$(mktemp -d)
   distill --out "$probe/d" --steps 20 "${one_core[@]}" > "$probe/d.log" 2>&1 &
-  rate scratch --out "$probe/s" > "$probe/s.rate"; wait
+  pid=$!
+  # the scratch probe beside the distillation's steps, not beside its cache
+  if [ ${#cache[@]} -gt 0 ]; then
+    while kill -0 "$pid" 2>/dev/null && ! grep -q '^cached the teacher' "$probe/d.log"; do sleep 1; done
+  fi
+  rate scratch --out "$probe/s" > "$probe/s.rate"
+  wait "$pid" || { cat "$probe/d.log" >&2; exit 1; }
   distill_rate=$(sed -n 's/.* steps, \([0-9.]*\) images\/s.*/\1/p' "$probe/d.log")
-  cache_seconds=$(sed -n 's/^cached the teacher.* in \([0-9.]*\) s$/\1/p' "$probe/d.log")
-  cache_seconds=${cache_seconds:-0}
-  scratch_rate=$(cat "$probe/s.rate"); rm -rf "$probe"
+  cache_seconds=0
+  if [ ${#cache[@]} -gt 0 ]; then
+    cache_seconds=$(sed -n 's/^cached the teacher.* in \([0-9.]*\) s$/\1/p' "$probe/d.log")
+  fi
+  scratch_rate=$(cat "$probe/s.rate")
+  if [ -z "$distill_rate" ] || [ -z "$scratch_rate" ] || [ -z "$cache_seconds" ]; then
+    echo "the 20-step probes gave no rate (or no cache time): $(cat "$probe/d.log")" >&2
+    exit 1
+  fi
+  rm -rf "$probe"
 fi
 steps() { python3 -c "print(int($1 * (60 * $minutes - $2) / 64))"; }
 distill_steps=$(steps "$distill_rate" "$cache_seconds"); scratch_steps=$(steps "$scratch_rate" 0)
+if [ "$distill_steps" -lt 20 ]; then
+  echo "the teacher cache (${cache_seconds} s) leaves no time for distillation in $minutes minutes" >&2
+  exit 1
+fi
 echo "distillation $distill_rate images/s (teacher cache ${cache_seconds} s): $distill_steps steps; from scratch $scratch_rate images/s: $scratch_steps steps"
 every() { echo $(( ($1 + 4) / 5 )); }
 common=(--max-minutes "$minutes" --keep-snapshots "${one_core[@]}")

@@ -824,7 +824,15 @@ fn run_recipe(
         // the run's own recipe, unless the user gave one explicitly
         let saved = out.join(crate::train::trainer::CONFIG);
         if !explicit_config && saved.exists() {
+            let cache = |c: &TrainConfig| c.distillation.as_ref().is_some_and(|d| d.teacher_cache);
+            let requested = cache(&config);
             config = TrainConfig::from_json_file(&saved)?;
+            if requested && !cache(&config) {
+                return Err(Error::Usage(format!(
+                    "{}: the run was started without --teacher-cache; resume it without the flag",
+                    saved.display()
+                )));
+            }
         }
     }
     let data_spec = args.data.clone().unwrap_or_else(|| BUNDLED_IMAGES.to_string());

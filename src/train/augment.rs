@@ -200,12 +200,12 @@ pub fn multi_crop(image: &RgbImage, config: &CropConfig, rng: &mut impl Rng) -> 
     Crops { globals, locals, global_flips }
 }
 
-/// The whole image resized to `size x size` (as a crop of scale 1 and the image's own aspect
-/// ratio would be), mirrored when `flip`, normalised, with no other augmentation: the views
-/// distillation's teacher cache holds.
+/// What a global crop of scale 1 takes (the whole image, or its central part clamped to the
+/// crops' aspect ratio range, 3:4 to 4:3), resized to `size x size`, mirrored when `flip`,
+/// normalised, with no other augmentation: the views distillation's teacher cache holds.
 pub fn whole_view(image: &RgbImage, size: usize, flip: bool) -> Vec<f32> {
-    let mut pixels =
-        crop_resize_flip(image, (0, 0, image.width() as usize, image.height() as usize), size, flip);
+    let crop = central_box(image.width() as usize, image.height() as usize, CROP_RATIO);
+    let mut pixels = crop_resize_flip(image, crop, size, flip);
     normalise(&mut pixels);
     pixels
 }
@@ -276,6 +276,12 @@ pub fn random_resized_crop_box(
             return (left, top, w, h);
         }
     }
+    central_box(width, height, ratio)
+}
+
+/// torchvision `RandomResizedCrop`'s fallback: the central crop of the whole image, clamped to
+/// the aspect ratio range.
+fn central_box(width: usize, height: usize, ratio: (f64, f64)) -> (usize, usize, usize, usize) {
     let in_ratio = width as f64 / height as f64;
     let (min_ratio, max_ratio) = (ratio.0.min(ratio.1), ratio.0.max(ratio.1));
     let (w, h) = if in_ratio < min_ratio {
@@ -818,6 +824,35 @@ mod tests {
                     assert_eq!(crop, &expected, "flip_prob {flip_prob}, seed {seed}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn whole_view_is_a_scale_one_global_crop_as_flipped() {
+        // square, inside the 3:4..4:3 ratio range, and outside it on either side: the teacher
+        // cache's view is what a scale-1 global crop without colour transforms takes
+        let config = CropConfig {
+            global_size: 14,
+            local_size: 7,
+            n_local: 0,
+            global_scale: (1.0, 1.0),
+            blur_kernel: 1,
+            solarize_prob: 0.0,
+            jitter_prob: 0.0,
+            grayscale_prob: 0.0,
+            ..CropConfig::default()
+        };
+        for (w, h) in [(28, 28), (30, 26), (40, 20), (18, 36)] {
+            let image = noise_image(w, h, 5);
+            let mut flips = [false; 2];
+            for seed in 0..12 {
+                let crops = multi_crop(&image, &config, &mut ChaCha8Rng::seed_from_u64(seed));
+                for (crop, &flip) in crops.globals.iter().zip(&crops.global_flips) {
+                    assert_eq!(crop, &whole_view(&image, 14, flip), "{w}x{h}, seed {seed}, flip {flip}");
+                    flips[usize::from(flip)] = true;
+                }
+            }
+            assert_eq!(flips, [true, true]);
         }
     }
 

@@ -128,7 +128,7 @@ pub struct Distillation {
     /// It must use the student's patch size (iBOT pairs their patch tokens).
     pub teacher: std::path::PathBuf,
     /// Compute the frozen teacher's backbone outputs once, at the start of the run, for every
-    /// training image and its mirror image (the whole image at the global crop size, no other
+    /// training image and its mirror image (the view of a scale-1 global crop, no other
     /// augmentation), and pair each student global crop with the teacher's output for its
     /// image the same way round, instead of running the teacher on every crop: a step then
     /// costs about what a training step does (`dinov2 distill --teacher-cache`). An

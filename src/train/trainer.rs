@@ -363,6 +363,8 @@ impl TeacherCache {
                 TEACHER_CACHE_LIMIT_BYTES >> 30
             )));
         }
+        // the live teacher runs under the step's autocast; `per_shard` sets it on its other threads
+        let _scope = precision::autocast(compute);
         let mut tokens = vec![0.0f32; data.len() * per_image];
         let chunk = 128 * devices.len();
         for start in (0..data.len()).step_by(chunk) {
@@ -1291,20 +1293,8 @@ pub fn train(c: &TrainConfig, data: &Dataset, device: &Device, options: &RunOpti
     }
 
     let end = options.max_steps.map_or(c.total_steps, |m| (start + m).min(c.total_steps)).max(start);
-    let bar = if options.progress { ProgressBar::new((end - start) as u64) } else { ProgressBar::hidden() };
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    let metrics_path = out.join(METRICS);
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|e| Error::io(&metrics_path, e))?;
     let started = Instant::now();
-    if c.distillation.as_ref().is_some_and(|d| d.teacher_cache) {
+    if c.distillation.as_ref().is_some_and(|d| d.teacher_cache) && start < end {
         // inside --max-minutes: the cache is part of the distillation's cost
         let caching =
             if options.progress { ProgressBar::new(data.len() as u64) } else { ProgressBar::hidden() };
@@ -1323,6 +1313,18 @@ pub fn train(c: &TrainConfig, data: &Dataset, device: &Device, options: &RunOpti
             started.elapsed().as_secs_f64()
         );
     }
+    let bar = if options.progress { ProgressBar::new((end - start) as u64) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let metrics_path = out.join(METRICS);
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|e| Error::io(&metrics_path, e))?;
     let stepping = Instant::now();
     let mut order_cache = None;
     let mut last = None;

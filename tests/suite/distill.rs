@@ -143,6 +143,26 @@ fn distill_from_the_command_line_resumes_exactly_and_refuses_unpairable_teachers
     let run = run_with(&["--resume"], &stopped);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     assert_same_run(&straight, &stopped, "distill: stop + resume");
+    // a run started without the teacher cache does not resume with it (its own recipe, no
+    // --config: the flag would otherwise be dropped)
+    let run = dinov2(&[
+        "distill",
+        "--teacher",
+        s(&teacher),
+        "--data",
+        data,
+        "--out",
+        s(&stopped),
+        "--resume",
+        "--teacher-cache",
+        "--backend",
+        "ndarray",
+        "--quiet",
+    ]);
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("started without --teacher-cache"), "{stderr}");
 
     // a backbone-only teacher (heads made from the seed) with the student's patch size works;
     // one with another patch size is refused in one line
