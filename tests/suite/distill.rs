@@ -1,6 +1,8 @@
 //! Distillation on micro shapes: the frozen teacher never changes, the student's loss falls, the
 //! EMA is kept, resume is exact, teachers that cannot pair with the student are refused.
 
+use std::path::PathBuf;
+
 use dinov2_wgpu::model::DinoVisionTransformer;
 use dinov2_wgpu::train::TrainConfig;
 use dinov2_wgpu::train::config::Distillation;
@@ -98,18 +100,33 @@ fn distillation_keeps_the_teacher_frozen_and_the_student_learns() {
     assert!(moved > ema_before.len() / 2, "only {moved} of {} EMA tensors moved", ema_before.len());
 }
 
-#[test]
-fn distill_from_the_command_line_resumes_exactly_and_refuses_unpairable_teachers() {
-    let dir = Scratch::new("distill-cli");
+/// A scratch folder `name` holding 12 images (`seed`) and a teacher run on them: the folder,
+/// the images' folder and the teacher run.
+fn with_teacher(name: &str, seed: u64) -> (Scratch, PathBuf, PathBuf) {
+    let dir = Scratch::new(name);
     let data_dir = dir.join("data");
-    image_folder(&data_dir, 2, 6, 4);
-    let data = s(&data_dir);
-    let teacher = teacher_run(&dir, data);
+    image_folder(&data_dir, 2, 6, seed);
+    let teacher = teacher_run(&dir, s(&data_dir));
+    (dir, data_dir, teacher)
+}
+
+/// For the command-line tests: a scratch folder `name` holding 12 images (`seed`), a teacher
+/// run on them and the student's recipe of `steps` steps as student.json, without a
+/// distillation section (`--teacher` sets it). Returns the folder, data, teacher and recipe.
+fn cli_setup(name: &str, seed: u64, steps: usize) -> (Scratch, PathBuf, PathBuf, PathBuf) {
+    let (dir, data_dir, teacher) = with_teacher(name, seed);
     let mut c = student_config(&teacher);
-    c.total_steps = 6;
-    c.distillation = None; // `--teacher` sets it
+    c.total_steps = steps;
+    c.distillation = None;
     let config = dir.join("student.json");
     write_config(&config, &c);
+    (dir, data_dir, teacher, config)
+}
+
+#[test]
+fn distill_from_the_command_line_resumes_exactly_and_refuses_unpairable_teachers() {
+    let (dir, data_dir, teacher, config) = cli_setup("distill-cli", 4, 6);
+    let data = s(&data_dir);
     let args = |out: &std::path::Path| -> Vec<String> {
         ["distill", "--teacher", s(&teacher), "--config", s(&config), "--data", data, "--out", s(out)]
             .iter()
@@ -145,24 +162,20 @@ fn distill_from_the_command_line_resumes_exactly_and_refuses_unpairable_teachers
     assert_same_run(&straight, &stopped, "distill: stop + resume");
     // a run started without the teacher cache does not resume with it (its own recipe, no
     // --config: the flag would otherwise be dropped)
-    let run = dinov2(&[
-        "distill",
-        "--teacher",
-        s(&teacher),
-        "--data",
-        data,
-        "--out",
-        s(&stopped),
-        "--resume",
-        "--teacher-cache",
-        "--backend",
-        "ndarray",
-        "--quiet",
-    ]);
-    assert!(!run.status.success());
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("started without --teacher-cache"), "{stderr}");
+    refused(
+        &[
+            "distill",
+            "--teacher",
+            s(&teacher),
+            "--data",
+            data,
+            "--out",
+            s(&stopped),
+            "--resume",
+            "--teacher-cache",
+        ],
+        "started without --teacher-cache",
+    );
 
     // a backbone-only teacher (heads made from the seed) with the student's patch size works;
     // one with another patch size is refused in one line
@@ -194,26 +207,23 @@ fn distill_from_the_command_line_resumes_exactly_and_refuses_unpairable_teachers
     dinov2_wgpu::checkpoint::export::write_backbone(&DinoVisionTransformer::new(&arch, &device), &wrong)
         .unwrap();
     for teacher in [wrong, dir.join("nowhere")] {
-        let run = dinov2(&[
-            "distill",
-            "--teacher",
-            s(&teacher),
-            "--config",
-            s(&config),
-            "--data",
-            data,
-            "--out",
-            s(&dir.join("refused")),
-            "--backend",
-            "ndarray",
-            "--quiet",
-        ]);
-        assert!(!run.status.success());
-        let stderr = String::from_utf8_lossy(&run.stderr);
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        assert!(stderr.contains(s(&teacher)), "{stderr}");
+        let out = dir.join("refused");
+        let args =
+            ["distill", "--teacher", s(&teacher), "--config", s(&config), "--data", data, "--out", s(&out)];
+        refused(&args, s(&teacher));
     }
     assert!(!dir.join("refused").join(trainer::CHECKPOINT).exists());
+}
+
+/// `args` (on the CPU backend, quietly) fail with one line of error that contains `says`.
+fn refused(args: &[&str], says: &str) {
+    let mut all = args.to_vec();
+    all.extend(["--backend", "ndarray", "--quiet"]);
+    let run = dinov2(&all);
+    assert!(!run.status.success(), "{args:?} succeeded");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(says), "{stderr}");
 }
 
 #[test]
@@ -256,10 +266,7 @@ fn distillation_on_two_cpu_devices_equals_one() {
 /// exactly what the teacher computes on the crops: the same logits, the same steps.
 #[test]
 fn the_teacher_cache_gives_the_live_teachers_targets_on_whole_image_crops() {
-    let dir = Scratch::new("distill-cache");
-    let data_dir = dir.join("data");
-    image_folder(&data_dir, 2, 6, 5);
-    let teacher = teacher_run(&dir, s(&data_dir));
+    let (_dir, data_dir, teacher) = with_teacher("distill-cache", 5);
     let mut live = student_config(&teacher);
     live.crops.global_scale = (1.0, 1.0);
     live.crops.jitter_prob = 0.0;
@@ -319,16 +326,8 @@ fn the_teacher_cache_gives_the_live_teachers_targets_on_whole_image_crops() {
 /// cache is rebuilt from the same teacher).
 #[test]
 fn distill_with_the_teacher_cache_from_the_command_line_resumes_exactly() {
-    let dir = Scratch::new("distill-cache-cli");
-    let data_dir = dir.join("data");
-    image_folder(&data_dir, 2, 6, 6);
+    let (dir, data_dir, teacher, config) = cli_setup("distill-cache-cli", 6, 4);
     let data = s(&data_dir);
-    let teacher = teacher_run(&dir, data);
-    let mut c = student_config(&teacher);
-    c.total_steps = 4;
-    c.distillation = None;
-    let config = dir.join("student.json");
-    write_config(&config, &c);
     let run = |extra: &[&str], out: &std::path::Path| {
         let mut a = vec!["distill", "--teacher", s(&teacher), "--config", s(&config), "--teacher-cache"];
         a.extend(["--data", data, "--out", s(out), "--backend", "ndarray", "--quiet"]);
