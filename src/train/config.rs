@@ -130,8 +130,8 @@ pub struct Distillation {
     /// Compute the frozen teacher's backbone outputs once, at the start of the run, for every
     /// training image and its mirror image (the view of a scale-1 global crop, no other
     /// augmentation), and pair each student global crop with the teacher's output for its
-    /// image the same way round, instead of running the teacher on every crop: a step then
-    /// costs about what a training step does (`dinov2 distill --teacher-cache`). An
+    /// image the same way round, instead of running the teacher's backbone on every crop
+    /// (`dinov2 distill --teacher-cache`; only its heads run at each step). An
     /// approximation of the teacher seeing the student's own crop, close where the global
     /// crops cover most of the image; it holds the cache in memory (4 bytes per value, tokens
     /// × teacher width × 2 per image).
