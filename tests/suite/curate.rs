@@ -334,70 +334,65 @@ fn score(
     (precision, recall, removed.len())
 }
 
-/// Planted near-copies of 100 of 400 distinct Fashion-MNIST test images (25 of each kind),
-/// embedded by the committed tiny model. That model (distilled on 28 px clothes) is robust to
-/// JPEG re-encoding but not to 1 px crops, resizing or flips (measured similarities printed
-/// below; BENCHMARKS.md), so the bar of the issue — precision and recall >= 0.95 — is asserted
-/// for the JPEG copies and precision, and with `--flip-average` embeddings for the flipped
-/// copies too; the crop and resize recall is measured and printed.
-#[test]
-fn planted_near_copies_of_real_images_are_found() {
-    let dir = Scratch::new("curate-planted");
-    let pool = dir.join("pool");
-    let eval = dir.join("eval");
-    std::fs::create_dir_all(&pool).unwrap();
-    std::fs::create_dir_all(&eval).unwrap();
-    let tiles = fashion_tiles();
-    // 400 distinct images ("a" sorts first, so an original is the smallest index of its group)
-    // and a near-copy of every 4th, of the four kinds in turn; the originals of the JPEG copies
-    // are also the evaluation set of relative deduplication
+/// The planted-copy tests' images: in `dir/pool`, 400 distinct Fashion-MNIST test images
+/// ("a" sorts first, so an original is the smallest index of its group) and a near-copy of
+/// every 4th, of the four kinds in turn; in `dir/eval`, the originals of the JPEG copies, and
+/// in `dir/eval-all` those of every copy (evaluation sets of relative deduplication). Returns
+/// each copy's (original, kind) by name.
+fn plant(dir: &Scratch) -> BTreeMap<String, (String, usize)> {
+    let (pool, eval, eval_all) = (dir.join("pool"), dir.join("eval"), dir.join("eval-all"));
+    for folder in [&pool, &eval, &eval_all] {
+        std::fs::create_dir_all(folder).unwrap();
+    }
     let mut copies = BTreeMap::new();
-    for (i, tile) in tiles.iter().enumerate() {
+    for (i, tile) in fashion_tiles().iter().enumerate() {
         tile.save(pool.join(format!("a{i:03}.png"))).unwrap();
         if i % 4 == 0 {
             let kind = (i / 4) % 4;
             let name = format!("b{i:03}.png");
             near_copy(tile, kind).save(pool.join(&name)).unwrap();
             copies.insert(name, (format!("a{i:03}.png"), kind));
+            tile.save(eval_all.join(format!("e{i:03}.png"))).unwrap();
             if kind == 0 {
                 tile.save(eval.join(format!("e{i:03}.png"))).unwrap();
             }
         }
     }
-    // DINOV2_PLANTED_WEIGHTS points this test at another backbone, to print its similarities
-    // (the asserts below are calibrated on the committed model)
-    let weights = std::env::var("DINOV2_PLANTED_WEIGHTS").unwrap_or_else(|_| weights_file());
-    let embed = |images: &Path, out: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "curate",
-            "embed",
-            s(images),
-            "--weights",
-            &weights,
-            "--size",
-            "28",
-            "--shard-size",
-            "128",
-            "--backend",
-            "ndarray",
-            "--output",
-            s(out),
-        ];
-        args.extend(extra);
-        let o = dinov2(&args);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    };
-    embed(&pool, &dir.join("pool-emb"), &[]);
-    embed(&eval, &dir.join("eval-emb"), &[]);
+    copies
+}
 
-    // how close copies are to their originals, and distinct images to each other
-    let set = Embeddings::read(&dir.join("pool-emb")).unwrap();
+/// `curate embed` of the 28 px `images` with `weights` into `out`.
+fn embed_tiles(weights: &str, images: &Path, out: &Path, extra: &[&str]) {
+    let mut args = vec![
+        "curate",
+        "embed",
+        s(images),
+        "--weights",
+        weights,
+        "--size",
+        "28",
+        "--shard-size",
+        "128",
+        "--backend",
+        "ndarray",
+        "--output",
+        s(out),
+    ];
+    args.extend(extra);
+    let o = dinov2(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Prints how close each kind of copy is to its original, and each original to its most
+/// similar other original.
+fn print_similarities(embeddings: &Path, copies: &BTreeMap<String, (String, usize)>) {
+    let set = Embeddings::read(embeddings).unwrap();
     let index: BTreeMap<String, usize> = (0..set.len())
         .map(|i| (Path::new(set.path(i)).file_name().unwrap().to_string_lossy().into_owned(), i))
         .collect();
     let sim = |a: usize, b: usize| dot(set.matrix().row(a), set.matrix().row(b));
     let mut by_kind = [(f32::MAX, 0f32); 4];
-    for (copy, (orig, kind)) in &copies {
+    for (copy, (orig, kind)) in copies {
         let v = sim(index[copy], index[orig]);
         by_kind[*kind] = (by_kind[*kind].0.min(v), by_kind[*kind].1 + v / 25.0);
     }
@@ -414,61 +409,138 @@ fn planted_near_copies_of_real_images_are_found() {
         "each original's most similar other original: median {:.3}, 95th percentile {:.3}, max {:.3}",
         nearest_distinct[200], nearest_distinct[380], nearest_distinct[399]
     );
+}
 
-    // self-deduplication
+/// `curate dedup` of `embeddings` at `threshold`, scored: (precision, recall by kind, images
+/// removed), printed.
+fn dedup_scored(
+    dir: &Scratch,
+    embeddings: &Path,
+    threshold: &str,
+    copies: &BTreeMap<String, (String, usize)>,
+) -> (f64, [f64; 4], usize) {
     let keep = dir.join("keep.csv");
-    let o = dinov2(&["curate", "dedup", s(&dir.join("pool-emb")), "--threshold", THRESHOLD, "-o", s(&keep)]);
+    let o = dinov2(&["curate", "dedup", s(embeddings), "--threshold", threshold, "-o", s(&keep)]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let rows = read_decisions(&keep);
     assert_eq!(rows.len(), 500);
-    let (precision, recall, removed) = score(&rows, &copies);
+    let (precision, recall, removed) = score(&rows, copies);
     eprintln!(
-        "dedup at {THRESHOLD}: removed {removed}, precision {precision:.3}, recall by kind {KINDS:?} {recall:?}"
+        "dedup of {} at {threshold}: removed {removed}, precision {precision:.3}, recall by kind {KINDS:?} {recall:?}",
+        embeddings.file_name().unwrap().to_string_lossy(),
     );
-    assert!(
-        precision >= 0.95 && recall[0] >= 0.95,
-        "dedup precision {precision:.3}, JPEG recall {:.3}",
-        recall[0]
-    );
+    (precision, recall, removed)
+}
 
-    // relative deduplication against the 25 originals of the JPEG copies: those 50 go
+/// `curate relative` of the pool against `eval`, the originals with an index that is a
+/// multiple of `every` (16: those of the JPEG copies; 4: of every copy), at `threshold`:
+/// (how many of those originals and their copies are removed, how many of them there are,
+/// how many other images are removed), printed.
+fn relative_scored(
+    dir: &Scratch,
+    pool: &Path,
+    eval: &Path,
+    every: usize,
+    threshold: &str,
+) -> (usize, usize, usize) {
     let kept_csv = dir.join("relative.csv");
     let o = dinov2(&[
         "curate",
         "relative",
-        s(&dir.join("pool-emb")),
+        s(pool),
         "--against",
-        s(&dir.join("eval-emb")),
+        s(eval),
         "--threshold",
-        THRESHOLD,
+        threshold,
         "-o",
         s(&kept_csv),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let rows = read_decisions(&kept_csv);
     let name = |p: &str| Path::new(p).file_name().unwrap().to_string_lossy().into_owned();
-    let of_eval = |n: &str| n[1..4].parse::<usize>().is_ok_and(|i| i % 16 == 0);
+    // the evaluation originals and their copies
+    let of_eval = |n: &str| n[1..4].parse::<usize>().is_ok_and(|i| i % every == 0);
     let planted = rows.iter().filter(|r| of_eval(&name(&r.0))).count();
-    assert_eq!(planted, 50);
+    assert_eq!(planted, 2 * 400 / every);
     let removed_planted = rows.iter().filter(|r| of_eval(&name(&r.0)) && !r.1).count();
     let removed_others = rows.iter().filter(|r| !of_eval(&name(&r.0)) && !r.1).count();
     eprintln!(
-        "relative at {THRESHOLD}: removed {removed_planted} of 50 planted, {removed_others} of 450 others"
+        "relative against {} at {threshold}: removed {removed_planted} of {planted} planted, {removed_others} of {} others",
+        eval.file_name().unwrap().to_string_lossy(),
+        500 - planted
     );
-    assert!(removed_planted >= 48, "relative dedup removed {removed_planted} of 50 planted copies");
-    assert!(removed_others <= 22, "relative dedup removed {removed_others} unrelated images");
+    (removed_planted, planted, removed_others)
+}
+
+/// Planted near-copies of 100 of 400 distinct Fashion-MNIST test images (25 of each kind),
+/// embedded by a copy-detection model, as the paper deduplicates (SSCD, Pizzi et al. 2022):
+/// `tests/fixtures/curation/copy-detector.safetensors`, a small ViT in the official layout
+/// trained by `tests/reference/make_copy_detector.py` on Fashion-MNIST *training* images with
+/// copy-like augmentations and an InfoNCE + KoLeo loss on its CLS token. At the threshold the
+/// script chose on other test images, dedup finds every kind of copy with precision and recall
+/// >= 0.95, and relative deduplication against the originals removes them and their copies.
+#[test]
+fn a_copy_detector_finds_every_kind_of_planted_copy() {
+    let dir = Scratch::new("curate-copy-detector");
+    let copies = plant(&dir);
+    let weights =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/curation/copy-detector.safetensors");
+    let (pool, eval) = (dir.join("pool-emb"), dir.join("eval-all-emb"));
+    embed_tiles(s(&weights), &dir.join("pool"), &pool, &[]);
+    embed_tiles(s(&weights), &dir.join("eval-all"), &eval, &[]);
+    print_similarities(&pool, &copies);
+
+    let (precision, recall, _) = dedup_scored(&dir, &pool, COPY_THRESHOLD, &copies);
+    assert!(
+        precision >= 0.95 && recall.iter().all(|&r| r >= 0.95),
+        "dedup precision {precision:.3}, recall by kind {KINDS:?} {recall:?}"
+    );
+    // relative deduplication against the 100 originals of every copy: those 200 go
+    let (removed, planted, others) = relative_scored(&dir, &pool, &eval, 4, COPY_THRESHOLD);
+    assert!(removed as f64 >= 0.95 * planted as f64, "relative dedup removed {removed} of {planted} planted");
+    assert!(others <= 15, "relative dedup removed {others} of 300 unrelated images");
+}
+
+/// The copy detector's threshold, chosen by `tests/reference/make_copy_detector.py` on
+/// Fashion-MNIST test images 1000-1999 with planted copies (not this test's images): the best
+/// smallest of pair precision and the four recalls there. The paper's 0.6 is for SSCD's
+/// descriptors, whose similarities are on another scale than this small model's.
+const COPY_THRESHOLD: &str = "0.79";
+
+/// The same planted copies embedded by the committed tiny DINOv2 model. A DINO backbone is
+/// no copy detector: distilled on 28 px clothes, it is robust to JPEG re-encoding but not to
+/// 1 px crops, resizing or flips (measured similarities printed below; BENCHMARKS.md), so
+/// here precision and recall >= 0.95 are asserted for the JPEG copies, and with
+/// `--flip-average` embeddings for the flipped copies too; the crop and resize recall is
+/// measured and printed.
+#[test]
+fn planted_near_copies_of_real_images_are_found() {
+    let dir = Scratch::new("curate-planted");
+    let copies = plant(&dir);
+    // DINOV2_PLANTED_WEIGHTS points this test at another backbone, to print its similarities
+    // (the asserts below are calibrated on the committed model)
+    let weights = std::env::var("DINOV2_PLANTED_WEIGHTS").unwrap_or_else(|_| weights_file());
+    let (pool, eval) = (dir.join("pool-emb"), dir.join("eval-emb"));
+    embed_tiles(&weights, &dir.join("pool"), &pool, &[]);
+    embed_tiles(&weights, &dir.join("eval"), &eval, &[]);
+    print_similarities(&pool, &copies);
+
+    let (precision, recall, _) = dedup_scored(&dir, &pool, THRESHOLD, &copies);
+    assert!(
+        precision >= 0.95 && recall[0] >= 0.95,
+        "dedup precision {precision:.3}, JPEG recall {:.3}",
+        recall[0]
+    );
+    // relative deduplication against the 25 originals of the JPEG copies: those 50 go
+    let (removed, planted, others) = relative_scored(&dir, &pool, &eval, 16, THRESHOLD);
+    assert!(removed as f64 >= 0.95 * planted as f64, "relative dedup removed {removed} of {planted} planted");
+    assert!(others <= 22, "relative dedup removed {others} of 450 unrelated images");
 
     // with each embedding averaged with its mirror image's, flipped copies embed as their
     // originals: JPEG and flip copies both found, nothing else removed
-    embed(&pool, &dir.join("pool-flip-emb"), &["--flip-average"]);
-    let keep = dir.join("keep-flip.csv");
     let pool_flip = dir.join("pool-flip-emb");
-    let o = dinov2(&["curate", "dedup", s(&pool_flip), "--threshold", FLIP_THRESHOLD, "-o", s(&keep)]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let (precision, recall, removed) = score(&read_decisions(&keep), &copies);
-    eprintln!(
-        "--flip-average, dedup at {FLIP_THRESHOLD}: removed {removed}, precision {precision:.3}, recall by kind {KINDS:?} {recall:?}"
-    );
+    embed_tiles(&weights, &dir.join("pool"), &pool_flip, &["--flip-average"]);
+    let (precision, recall, _) = dedup_scored(&dir, &pool_flip, FLIP_THRESHOLD, &copies);
     assert!(
         precision >= 0.95 && recall[0] >= 0.95 && recall[3] >= 0.95,
         "--flip-average: precision {precision:.3}, JPEG recall {:.3}, flip recall {:.3}",
@@ -477,14 +549,14 @@ fn planted_near_copies_of_real_images_are_found() {
     );
 }
 
-/// The threshold with `--flip-average` embeddings of the same model: flipped copies reach 1,
-/// distinct images come closer to each other, and at 0.94 every JPEG and flipped copy is found
-/// with precision 1 (as measured by the test).
+/// The threshold with `--flip-average` embeddings of the committed model: flipped copies reach
+/// 1, distinct images come closer to each other, and at 0.94 every JPEG and flipped copy is
+/// found with precision 1 (as measured by the test).
 const FLIP_THRESHOLD: &str = "0.94";
 
-/// The similarity threshold for the tiny Fashion-MNIST model, between its JPEG copies (>= 0.96)
-/// and its most similar distinct images (<= 0.83), as measured by the test. The paper's 0.6 and
-/// 0.45 are for its copy-detection embeddings (SSCD), not for a model like this one.
+/// The similarity threshold for the committed tiny DINOv2 model, between its JPEG copies
+/// (>= 0.96) and its most similar distinct images (<= 0.83), as measured by the test. The
+/// paper's 0.6 and 0.45 are for copy-detection embeddings (SSCD), as in the test above.
 const THRESHOLD: &str = "0.915";
 
 #[test]
