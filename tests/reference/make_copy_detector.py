@@ -184,7 +184,7 @@ def planted(model, first, count):
 def scores(sim, originals, threshold):
     """Counting pairs above `threshold`: precision (the share that are a copy and its original)
     and the recall of each kind."""
-    n, count = len(sim), len(sim) - len(originals)
+    count = len(sim) - len(originals)
     upper = np.triu(sim > threshold, 1)
     right = upper[originals, count + np.arange(len(originals))]
     precision = right.sum() / max(upper.sum(), 1)
