@@ -35,15 +35,19 @@ aug=${AUG:-official}
 out=${OUT:-runs}
 source scripts/fashion_mnist_lib.sh
 mkdir -p "$out"
-# both recipes: the tiny preset (as `distill` and `train` make it) with AUG's augmentations
-$bin distill --teacher "$teacher" --student-preset tiny --print-config > "$out/distill.json"
+# both recipes: the patch-7 tiny preset these pairs were run with (tiny_variants.PATCH7) with
+# AUG's augmentations; the distillation's as `distill --student-preset` makes it from a preset
+# (no teacher-temperature warm-up: the teacher is trained), its heads' prototypes and teacher
+# filled in by `distill` from the teacher run
 $bin train --preset tiny --print-config > "$out/scratch.json"
 PYTHONPATH=scripts python3 - "$out" "$aug" <<'PY'
-import sys
-from tiny_variants import AUGMENTATIONS, rewrite
+import json, sys
+from tiny_variants import AUGMENTATIONS, PATCH7, rewrite
 out, aug = sys.argv[1:]
-for name in ("distill", "scratch"):
-    rewrite(f"{out}/{name}.json", AUGMENTATIONS[aug])
+rewrite(f"{out}/scratch.json", {**PATCH7, **AUGMENTATIONS[aug]})
+c = json.load(open(f"{out}/scratch.json"))
+json.dump(c, open(f"{out}/distill.json", "w"), indent=1)
+rewrite(f"{out}/distill.json", {"drop_path_rate": 0.0, "warmup_teacher_temp": c["teacher_temp"]})
 PY
 # one core each, side by side (the CPU default is a device per core)
 one_thread=(env RAYON_NUM_THREADS=1 MATMUL_NUM_THREADS=1)

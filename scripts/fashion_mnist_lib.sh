@@ -14,10 +14,12 @@ knn_curve() {
     echo "step $step k=20 top-1 $top1"
   done | tee "$run/knn_curve.txt"
 }
-# OUT/tiny.json (the tiny preset's recipe), then the Python read from stdin, run with OUT as its
-# argument and scripts/ on its path (for tiny_variants.write_variants)
+# OUT/tiny.json (the patch-7 tiny recipe the sweeps started from: tiny_variants.PATCH7), then
+# the Python read from stdin, run with OUT as its argument and scripts/ on its path (for
+# tiny_variants.write_variants)
 tiny_variants() {
   mkdir -p "$1"
   $bin train --preset tiny --print-config > "$1/tiny.json"
+  PYTHONPATH=scripts python3 -c 'import sys, tiny_variants as t; t.rewrite(sys.argv[1], t.PATCH7)' "$1/tiny.json"
   PYTHONPATH=scripts python3 - "$1"
 }

@@ -17,6 +17,7 @@ tiny_variants "$out" <<'PY'
 import sys
 from tiny_variants import AUGMENTATIONS, MILD, write_variants
 w256_mild = {"arch.embed_dim": 256, "arch.num_heads": 4, "arch.ffn_hidden": 1024, **MILD}
+P14 = {"arch.patch_size": 14, "arch.pos_grid": 2}
 # name: (steps in 12 minutes on one core, changes on top of w256_mild)
 variants = {
     "mild": (640, {}),
@@ -44,6 +45,14 @@ variants = {
     # more for the CLS token to gather with, without local crops: 4 register tokens; 6 blocks
     "nolocal_reg4": (850, {**AUGMENTATIONS["milder_nolocal"], "arch.num_register_tokens": 4}),
     "nolocal_depth6": (700, {**AUGMENTATIONS["milder_nolocal"], "arch.depth": 6}),
+    # on a machine 2.7 times slower (no AVX-512; 32 images/s on one core for the control): the
+    # control, a DINO/iBOT head of one linear layer (no MLP: the invariances in the backbone),
+    # and patch 14 (a 2 x 2 grid at 28 px, 5 tokens instead of 17) at width 256 and 384
+    "nolocal_slow": (360, AUGMENTATIONS["milder_nolocal"]),
+    "nolocal_head1": (380, {**AUGMENTATIONS["milder_nolocal"], "dino_head.n_layers": 1}),
+    "nolocal_p14": (1150, {**AUGMENTATIONS["milder_nolocal"], **P14}),
+    "nolocal_p14_w384": (640, {**AUGMENTATIONS["milder_nolocal"], **P14, "arch.embed_dim": 384,
+                               "arch.num_heads": 6, "arch.ffn_hidden": 1536}),
 }
 write_variants(sys.argv[1], {
     name: {"total_steps": steps, "epoch_length": steps // 20, "checkpoint_every": steps // 4,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The larger teacher of BENCHMARKS.md's distillation experiment: the tiny recipe with a backbone
 # twice as wide (256 wide, 4 heads of 64, FFN 1024: 3.2M parameters against 0.8M; depth, patch,
-# crops and heads as the tiny preset), pretrained on Fashion-MNIST train (labels unused) for at
+# crops and heads as the patch-7 tiny preset before 2026-12-01, tiny_variants.PATCH7), pretrained on Fashion-MNIST train (labels unused) for at
 # most 60 minutes on the 2 CPU cores, then the official k-NN protocol on test with train as
 # memory and the curve of the teacher kept at every checkpoint (first 10k train / 2k test).
 # STEPS (default 5000, sized to the hour at the ~92 images/s of two 2026-11-30 cores; 5900 at
@@ -30,9 +30,9 @@ config="$run/config-w$width.json"
 $bin train --preset tiny --print-config > "$config.tmp"
 PYTHONPATH=scripts python3 - "$config.tmp" "$aug" "$width" <<'PY'
 import sys
-from tiny_variants import AUGMENTATIONS, rewrite
+from tiny_variants import AUGMENTATIONS, PATCH7, rewrite
 path, aug, width = sys.argv[1], sys.argv[2], int(sys.argv[3])
-rewrite(path, {"arch.embed_dim": width, "arch.num_heads": width // 64, "arch.ffn_hidden": 4 * width,
+rewrite(path, {**PATCH7, "arch.embed_dim": width, "arch.num_heads": width // 64, "arch.ffn_hidden": 4 * width,
                **AUGMENTATIONS[aug]})
 PY
 mv "$config.tmp" "$config"

@@ -315,8 +315,8 @@ pub fn bench_kernels(
         push(koleo(device, n, d, runs)?);
     }
     if wanted("gelu_forward_backward") {
-        // the FFN hidden of a tiny-preset step's student (64 images × 8 crops' tokens, 512
-        // wide) and of ViT-S/14 at 224 px (8 × 257 tokens, 1536 wide)
+        // the FFN hidden of a step of the patch-7 tiny preset before 2026-12-01 (64 images × 8
+        // crops' tokens, 512 wide) and of ViT-S/14 at 224 px (8 × 257 tokens, 1536 wide)
         let shapes: &[[usize; 3]] =
             if options.quick { &[[2, 17, 96]] } else { &[[64, 64, 512], [8, 257, 1536]] };
         for &shape in shapes {

@@ -761,8 +761,13 @@ fn train_command(args: TrainArgs) -> Result<()> {
 fn distill_command(args: DistillArgs) -> Result<()> {
     use crate::train::TrainConfig;
     use crate::train::config::Distillation;
+    let saved =
+        args.run.out.as_deref().unwrap_or(Path::new("runs/distill")).join(crate::train::trainer::CONFIG);
     let mut config = match &args.config {
         Some(path) => TrainConfig::from_json_file(path)?,
+        // resuming without --config: the run's own recipe (run_recipe loads it again), so that
+        // the teacher is checked against the student it was paired with, not today's preset
+        None if args.run.resume && saved.exists() => TrainConfig::from_json_file(&saved)?,
         None => {
             let mut c = TrainConfig::preset(&args.student_preset)?;
             c.drop_path_rate = 0.0;

@@ -17,7 +17,8 @@ use dinov2_wgpu::train::trainer::{self, read_checkpoint};
 use crate::common::*;
 
 /// The tiny recipe shrunk so a step takes milliseconds: 14 px global crops (2 × 2 patches of
-/// 7), two 7 px local crops, batch 4, stochastic depth on, a checkpoint every step.
+/// 7), two 7 px local crops, the official augmentations and teacher momentum schedule, batch 4,
+/// stochastic depth on, a checkpoint every step.
 pub(crate) fn micro_config() -> TrainConfig {
     let mut c = TrainConfig::tiny();
     c.arch.embed_dim = 128;
@@ -26,9 +27,20 @@ pub(crate) fn micro_config() -> TrainConfig {
     c.arch.ffn_hidden = 128;
     c.arch.patch_size = 7;
     c.arch.pos_grid = 2;
-    c.crops.global_size = 14;
-    c.crops.local_size = 7;
-    c.crops.n_local = 2;
+    // the official augmentations (the tiny recipe keeps only crops and flips), so that these
+    // tests run every one of them
+    c.crops = dinov2_wgpu::train::augment::CropConfig {
+        global_size: 14,
+        local_size: 7,
+        n_global: 2,
+        n_local: 2,
+        global_scale: (0.4, 1.0),
+        local_scale: (0.1, 0.4),
+        blur_kernel: 3,
+        ..Default::default()
+    };
+    c.momentum_teacher = 0.99;
+    c.final_momentum_teacher = 1.0;
     c.batch_size = 4;
     c.total_steps = 8;
     c.epoch_length = 2;
