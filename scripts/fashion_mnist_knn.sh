@@ -10,9 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 run=${1:-runs/fashion-mnist}
 source scripts/fashion_mnist_lib.sh
-# the preset's schedule (10500 steps of 64, checkpoints every 1050) is sized to the hour at the
-# 180 images/s of a device per core on BENCHMARKS.md's 2-core machine; a faster machine
-# finishes it early
+# the preset's schedule (10500 steps of 64, checkpoints every 1050) is about an hour with a
+# device per core on 2 cores: BENCHMARKS.md's run did 9322 steps at 166 images/s before
+# --max-minutes stopped it; a faster machine finishes it early
 $bin train --preset tiny --data fashion-mnist-train --out "$run" --max-minutes 60 --keep-snapshots --overwrite
 echo "== trained teacher"; knn --weights "$run" --json "$run/knn_trained.json"
 echo "== same network at initialisation"; knn --weights "$run/init_backbone.safetensors" --size 28 --json "$run/knn_init.json"
