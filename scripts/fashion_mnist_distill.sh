@@ -16,7 +16,8 @@
 # and its mirror image computed once at the start, inside the minutes; the distillation's
 # schedule is sized to the minutes left after it, as the probe measures it).
 # AUG (official, mild or milder; scripts/tiny_variants.py) swaps both students' augmentations:
-# the same recipe for both, the tiny preset's own by default. OUT (default runs) holds the two
+# the same recipe for both, the patch-7 tiny preset's own by default. AUG=preset runs both
+# students with the current tiny preset as it is (patch 14; the pair of 2026-12-02). OUT (default runs) holds the two
 # run folders, distill-tiny and scratch-tiny. Each process runs one thread for everything,
 # its matrix products included (MATMUL_NUM_THREADS=1: two side by side otherwise spin waiting
 # for each other's cores; the pairs in BENCHMARKS.md before 2026-12-01 ran without it).
@@ -35,8 +36,8 @@ aug=${AUG:-official}
 out=${OUT:-runs}
 source scripts/fashion_mnist_lib.sh
 mkdir -p "$out"
-# both recipes: the patch-7 tiny preset these pairs were run with (tiny_variants.PATCH7) with
-# AUG's augmentations; the distillation's as `distill --student-preset` makes it from a preset
+# both recipes: the patch-7 tiny preset the pairs before 2026-12-02 were run with
+# (tiny_variants.PATCH7) with AUG's augmentations, or the current preset (AUG=preset); the distillation's as `distill --student-preset` makes it from a preset
 # (no teacher-temperature warm-up: the teacher is trained), its heads' prototypes and teacher
 # filled in by `distill` from the teacher run
 $bin train --preset tiny --print-config > "$out/scratch.json"
@@ -44,7 +45,7 @@ PYTHONPATH=scripts python3 - "$out" "$aug" <<'PY'
 import json, sys
 from tiny_variants import AUGMENTATIONS, PATCH7, rewrite
 out, aug = sys.argv[1:]
-rewrite(f"{out}/scratch.json", {**PATCH7, **AUGMENTATIONS[aug]})
+rewrite(f"{out}/scratch.json", {} if aug == "preset" else {**PATCH7, **AUGMENTATIONS[aug]})
 c = json.load(open(f"{out}/scratch.json"))
 json.dump(c, open(f"{out}/distill.json", "w"), indent=1)
 rewrite(f"{out}/distill.json", {"drop_path_rate": 0.0, "warmup_teacher_temp": c["teacher_temp"]})

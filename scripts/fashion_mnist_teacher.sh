@@ -11,6 +11,8 @@
 # milder (crops 0.9-1 and 0.3-0.6, constant EMA momentum 0.996; BENCHMARKS.md, "Milder
 # augmentations"), milder_nolocal (milder without local crops; "Fewer local crops") or
 # nolocal_noflip_koleo03 (milder_nolocal without flips, KoLeo weight 0.3; "Less invariance").
+# AUG=preset keeps the current tiny preset whole (patch 14, its own augmentations; the
+# teacher of the patch-14 pair in BENCHMARKS.md) and changes only the width.
 #
 # WIDTH (default 256) sets the backbone's width: WIDTH/64 heads of 64, FFN 4 x WIDTH.
 #
@@ -22,8 +24,8 @@ run=${1:-runs/fashion-mnist-w256}
 aug=${2:-official}
 steps=${3:-5000}
 width=${4:-256}
-case $aug in official | mild | milder | milder_nolocal | nolocal_noflip_koleo03) ;;
-  *) echo "AUG must be official, mild, milder, milder_nolocal or nolocal_noflip_koleo03, not $aug" >&2; exit 1 ;; esac
+case $aug in preset | official | mild | milder | milder_nolocal | nolocal_noflip_koleo03) ;;
+  *) echo "AUG must be preset, official, mild, milder, milder_nolocal or nolocal_noflip_koleo03, not $aug" >&2; exit 1 ;; esac
 source scripts/fashion_mnist_lib.sh
 mkdir -p "$run"
 config="$run/config-w$width.json"
@@ -32,8 +34,8 @@ PYTHONPATH=scripts python3 - "$config.tmp" "$aug" "$width" <<'PY'
 import sys
 from tiny_variants import AUGMENTATIONS, PATCH7, rewrite
 path, aug, width = sys.argv[1], sys.argv[2], int(sys.argv[3])
-rewrite(path, {**PATCH7, "arch.embed_dim": width, "arch.num_heads": width // 64, "arch.ffn_hidden": 4 * width,
-               **AUGMENTATIONS[aug]})
+base = {} if aug == "preset" else {**PATCH7, **AUGMENTATIONS[aug]}
+rewrite(path, {**base, "arch.embed_dim": width, "arch.num_heads": width // 64, "arch.ffn_hidden": 4 * width})
 PY
 mv "$config.tmp" "$config"
 $bin train --config "$config" --data fashion-mnist-train --out "$run" --max-minutes 60 --keep-snapshots \

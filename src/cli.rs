@@ -246,6 +246,11 @@ pub struct LinearArgs {
     /// The part of --train held out to choose the head.
     #[arg(long, default_value_t = 0.1)]
     pub val_fraction: f64,
+    /// Train the heads on the images as they are only. By default the mirrored training images'
+    /// features are cached too and each sample is drawn as is or mirrored at random (the
+    /// official training transform's random flip).
+    #[arg(long)]
+    pub no_flip: bool,
     /// Also write every head's and the chosen head's top-1 to this JSON file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -987,14 +992,19 @@ fn linear_command(args: LinearArgs) -> Result<()> {
     let (train, test, train_labels, test_labels) = args.sets.open()?;
     let (model, device, size) = eval_model(&args.sets, &args.backend)?;
     let started = Instant::now();
-    let bar = progress_bar(train.len() + test.len(), "features");
-    let train_features =
-        ProbeFeatures::extract(&model, &train, size, args.feature_batch_size, &device, &bar)?;
-    let test_features = ProbeFeatures::extract(&model, &test, size, args.feature_batch_size, &device, &bar)?;
+    let flip = !args.no_flip;
+    let bar = progress_bar(train.len() * (1 + flip as usize) + test.len(), "features");
+    let extract = |data, mirror| {
+        ProbeFeatures::extract(&model, data, size, args.feature_batch_size, mirror, &device, &bar)
+    };
+    let train_features = extract(&train, false)?;
+    let mirrored = if flip { Some(extract(&train, true)?) } else { None };
+    let test_features = extract(&test, false)?;
     bar.finish_and_clear();
     eprintln!(
-        "features of {} + {} images cached in {:.0} s (CLS of the last {} blocks + pooled patches, {} wide)",
+        "features of {}{} + {} images cached in {:.0} s (CLS of the last {} blocks + pooled patches, {} wide)",
         train.len(),
+        if flip { " (and their mirror images)" } else { "" },
         test.len(),
         started.elapsed().as_secs_f64(),
         train_features.blocks,
@@ -1013,8 +1023,16 @@ fn linear_command(args: LinearArgs) -> Result<()> {
             .expect("static template")
             .progress_chars("=> "),
     );
-    let report =
-        train_probes(&train_features, &train_labels, &test_features, &test_labels, &options, &device, &bar)?;
+    let report = train_probes(
+        &train_features,
+        mirrored.as_ref(),
+        &train_labels,
+        &test_features,
+        &test_labels,
+        &options,
+        &device,
+        &bar,
+    )?;
     bar.finish_and_clear();
     println!(
         "linear probe: {} heads trained on {} images, chosen on {} held out, tested on {}",
@@ -1051,6 +1069,7 @@ fn linear_command(args: LinearArgs) -> Result<()> {
             "heads": report.heads,
             "iterations": args.iterations,
             "batch_size": args.batch_size,
+            "flip": flip,
             "train_images": report.train_images,
             "val_images": report.val_images,
             "test_images": report.test_images,

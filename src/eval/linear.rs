@@ -13,6 +13,9 @@
 //!   1250 iterations of 128 images.
 //! - The head with the best top-1 on a held-out part of the training set is chosen (the
 //!   official script picks on its validation set); every head's test top-1 is reported.
+//! - The official training transform flips each image at random (with a random resized crop,
+//!   which cached features cannot follow): when the mirrored images' features are cached too,
+//!   each training sample of each iteration is taken as is or mirrored, with probability 1/2.
 //!
 //! The heads of one setting are one `[D, heads · classes]` matrix, so a step is two matrix
 //! products on the chosen device; the cross-entropy gradient is written out
@@ -20,8 +23,8 @@
 
 use burn::tensor::{Device, Distribution, Tensor, TensorData, activation};
 use indicatif::ProgressBar;
-use rand::SeedableRng;
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{Error, Result};
@@ -98,12 +101,13 @@ impl ProbeFeatures {
     }
 
     /// The features of every image of `data`, resized (shorter side) and centre-cropped to
-    /// `size` px, in batches of `batch_size`.
+    /// `size` px, in batches of `batch_size`; of its mirror image (left-right) when `mirror`.
     pub fn extract(
         model: &DinoVisionTransformer,
         data: &Dataset,
         size: usize,
         batch_size: usize,
+        mirror: bool,
         device: &Device,
         bar: &ProgressBar,
     ) -> Result<Self> {
@@ -113,6 +117,7 @@ impl ProbeFeatures {
         let mut patches = Vec::new();
         super::knn::for_each_batch(data, size, model.config.patch_size, batch_size, device, |images| {
             let n = images.dims()[0];
+            let images = if mirror { images.flip([3]) } else { images };
             let outputs = model.forward_last_blocks(images, blocks);
             for (j, f) in outputs.iter().enumerate() {
                 cls[j].extend(to_host(f.cls.clone())?);
@@ -303,9 +308,12 @@ fn gather(x: &[f32], dim: usize, indices: &[usize]) -> Vec<f32> {
 }
 
 /// Train every setting's heads on part of `train`, choose on the rest, report on `test`.
-/// `bar` advances by one per iteration of each setting.
+/// With `mirrored` (the features of `train`'s images flipped left-right, in the same order),
+/// each training sample is drawn as is or mirrored at random; the held-out choice uses the
+/// images as they are. `bar` advances by one per iteration of each setting.
 pub fn train_probes(
     train: &ProbeFeatures,
+    mirrored: Option<&ProbeFeatures>,
     train_labels: &[usize],
     test: &ProbeFeatures,
     test_labels: &[usize],
@@ -333,6 +341,14 @@ pub fn train_probes(
     if train.d != test.d {
         return Err(Error::Shape(format!("train features are {}-wide, test features {}", train.d, test.d)));
     }
+    if let Some(m) = mirrored
+        && (m.n, m.d, m.blocks) != (train.n, train.d, train.blocks)
+    {
+        return Err(Error::Shape(format!(
+            "mirrored features: {} images of width {} ({} blocks), train: {} of width {} ({} blocks)",
+            m.n, m.d, m.blocks, train.n, train.d, train.blocks
+        )));
+    }
     let classes = train_labels.iter().chain(test_labels).max().map_or(0, |m| m + 1);
     let mut order: Vec<usize> = (0..train.n).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(options.seed ^ 0x11_7ea2));
@@ -354,11 +370,14 @@ pub fn train_probes(
     for setting in settings {
         let (x, dim) = train.input(setting);
         let fit = gather(&x, dim, fit_idx);
+        let fit_mirrored = mirrored.map(|m| gather(&m.input(setting).0, dim, fit_idx));
         let val = gather(&x, dim, val_idx);
         device.seed(options.seed);
         let mut probe = LinearHeads::new(dim, classes, &lrs, device);
         // batches: a fresh permutation of the fitted images per pass (an infinite sampler)
         let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
+        // the flips draw from their own stream: the batches are the same with or without them
+        let mut flips = ChaCha8Rng::seed_from_u64(options.seed ^ 0xf11b);
         let mut perm: Vec<usize> = Vec::new();
         let mut at = 0;
         for t in 0..options.iterations {
@@ -373,7 +392,16 @@ pub fn train_probes(
                     perm[at - 1]
                 })
                 .collect();
-            let rows = gather(&fit, dim, &batch);
+            let rows = match &fit_mirrored {
+                None => gather(&fit, dim, &batch),
+                Some(m) => batch
+                    .iter()
+                    .flat_map(|&i| {
+                        let from = if flips.random_bool(0.5) { m } else { &fit };
+                        from[i * dim..(i + 1) * dim].iter().copied()
+                    })
+                    .collect(),
+            };
             let xb = Tensor::<2>::from_data(TensorData::new(rows, [batch.len(), dim]), device);
             let yb: Vec<usize> = batch.iter().map(|&i| fit_labels[i]).collect();
             probe.step(xb, &yb, cosine_factor(t, options.iterations));

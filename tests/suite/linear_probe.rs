@@ -124,7 +124,8 @@ fn linear_probe_separates_synthetic_classes_and_not_random_labels() {
     let (train, train_labels) = clusters(100, 1, false);
     let (test, test_labels) = clusters(50, 2, false);
     let bar = ProgressBar::hidden();
-    let report = train_probes(&train, &train_labels, &test, &test_labels, &options, &device, &bar).unwrap();
+    let report =
+        train_probes(&train, None, &train_labels, &test, &test_labels, &options, &device, &bar).unwrap();
     assert_eq!(report.heads.len(), SETTINGS.len() * options.learning_rates.len());
     eprintln!("chosen {:?}", report.chosen);
     assert!(report.chosen.test_top1 >= 0.99, "{:?}", report.chosen);
@@ -133,11 +134,42 @@ fn linear_probe_separates_synthetic_classes_and_not_random_labels() {
     assert!(slowest < report.chosen.test_top1, "lr 1e-5 reached {slowest}");
     // random labels: nothing to learn, the held-out choice does not overfit into accuracy
     let (train, train_labels) = clusters(100, 1, true);
-    let report = train_probes(&train, &train_labels, &test, &test_labels, &options, &device, &bar).unwrap();
+    let report =
+        train_probes(&train, None, &train_labels, &test, &test_labels, &options, &device, &bar).unwrap();
     assert!(report.chosen.test_top1 < 0.3, "{:?}", report.chosen);
     // a setting's input is CLS of the last blocks (+ pooled patches)
     assert_eq!(train.input(Setting { blocks: 4, avgpool: true }).1, 5 * 32);
     assert_eq!(train.input(Setting { blocks: 1, avgpool: false }).1, 32);
+}
+
+#[test]
+fn linear_probe_trains_on_the_mirrored_features_when_given() {
+    let device = ndarray_device();
+    let options = ProbeOptions { iterations: 200, batch_size: 64, ..ProbeOptions::default() };
+    let (train, labels) = clusters(60, 1, false);
+    let (test, test_labels) = clusters(30, 2, false);
+    let bar = ProgressBar::hidden();
+    let probe = |mirrored: Option<&ProbeFeatures>| {
+        train_probes(&train, mirrored, &labels, &test, &test_labels, &options, &device, &bar).unwrap()
+    };
+    let test_top1 = |r: &dinov2_wgpu::eval::linear::ProbeReport| -> Vec<f64> {
+        r.heads.iter().map(|h| h.test_top1).collect()
+    };
+    let plain = probe(None);
+    assert!(plain.chosen.test_top1 >= 0.99, "{:?}", plain.chosen);
+    // mirrors identical to the images: the same batches, so the same heads
+    assert_eq!(test_top1(&probe(Some(&train))), test_top1(&plain));
+    // mirrors that carry the next class's features: half the samples teach the wrong class,
+    // so the heads cannot separate neighbouring classes any more
+    let mut shifted = train.clone();
+    shifted.cls.rotate_left(train.blocks * train.d);
+    shifted.avgpool.rotate_left(train.d);
+    let confused = probe(Some(&shifted));
+    assert!(confused.chosen.test_top1 < 0.8, "{:?}", confused.chosen);
+    // mirrors of another set of images: refused
+    let (other, _) = clusters(30, 3, false);
+    let err = train_probes(&train, Some(&other), &labels, &test, &test_labels, &options, &device, &bar);
+    assert!(err.is_err_and(|e| e.to_string().contains("mirrored features")));
 }
 
 #[test]
@@ -189,6 +221,7 @@ fn eval_linear_from_the_command_line() {
     assert_eq!(v["heads"].as_array().unwrap().len(), 52, "{v}");
     assert_eq!(v["best_per_setting"].as_array().unwrap().len(), 4, "{v}");
     assert_eq!(v["val_images"].as_u64(), Some(6));
+    assert_eq!(v["flip"], true, "{v}");
     assert_eq!(v["top1"], v["chosen"]["test_top1"]);
     let top1 = v["top1"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&top1));
