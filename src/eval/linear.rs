@@ -14,8 +14,9 @@
 //! - The head with the best top-1 on a held-out part of the training set is chosen (the
 //!   official script picks on its validation set); every head's test top-1 is reported.
 //! - The official training transform flips each image at random (with a random resized crop,
-//!   which cached features cannot follow): when the mirrored images' features are cached too,
-//!   each training sample of each iteration is taken as is or mirrored, with probability 1/2.
+//!   which cached features cannot follow): when the mirrored images' features are cached too
+//!   (`eval linear --flip`), each training sample of each iteration is taken as is or mirrored,
+//!   with probability 1/2.
 //!
 //! The heads of one setting are one `[D, heads · classes]` matrix, so a step is two matrix
 //! products on the chosen device; the cross-entropy gradient is written out

@@ -208,6 +208,7 @@ fn eval_linear_from_the_command_line() {
         "8",
         "--val-fraction",
         "0.25",
+        "--flip",
         "--backend",
         "ndarray",
         "--json",
