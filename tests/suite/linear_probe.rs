@@ -173,6 +173,38 @@ fn linear_probe_trains_on_the_mirrored_features_when_given() {
 }
 
 #[test]
+fn mirrored_features_are_the_features_of_the_mirror_images() {
+    // images whose left and right halves differ, and the same images mirrored on the host
+    let dir = Scratch::new("linear-mirror");
+    let (plain_dir, mirror_dir) = (dir.join("plain/c"), dir.join("mirror/c"));
+    std::fs::create_dir_all(&plain_dir).unwrap();
+    std::fs::create_dir_all(&mirror_dir).unwrap();
+    for i in 0..3u32 {
+        let img = image::RgbImage::from_fn(28, 28, |x, y| {
+            let v = (x * 9 + y * (i + 1) + 30 * i) as u8;
+            image::Rgb([v, v / 2, 255 - v])
+        });
+        img.save(plain_dir.join(format!("{i}.png"))).unwrap();
+        image::imageops::flip_horizontal(&img).save(mirror_dir.join(format!("{i}.png"))).unwrap();
+    }
+    let open = |d: &std::path::Path| dinov2_wgpu::train::data::Dataset::open(s(d)).unwrap();
+    let (plain, mirror) = (open(&dir.join("plain")), open(&dir.join("mirror")));
+    let device = ndarray_device();
+    let model =
+        dinov2_wgpu::model::DinoVisionTransformer::new(&crate::training::micro_config().arch, &device);
+    let bar = ProgressBar::hidden();
+    let extract = |data, flip| ProbeFeatures::extract(&model, data, 28, 2, flip, &device, &bar).unwrap();
+    let flipped = extract(&plain, true);
+    let host_mirrored = extract(&mirror, false);
+    assert_close("mirrored CLS", &flipped.cls, &host_mirrored.cls, 1e-5);
+    assert_close("mirrored pooled patches", &flipped.avgpool, &host_mirrored.avgpool, 1e-5);
+    // and the images as they are give other features
+    let as_is = extract(&plain, false);
+    let diff = as_is.cls.iter().zip(&flipped.cls).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(diff > 1e-3, "the flip changed nothing: {diff}");
+}
+
+#[test]
 fn eval_linear_from_the_command_line() {
     let dir = Scratch::new("linear-cli");
     let (train, test) = (dir.join("train"), dir.join("test"));
