@@ -90,6 +90,17 @@ if [ "$distill_steps" -lt 20 ]; then
   exit 1
 fi
 echo "distillation $distill_rate images/s (teacher cache ${cache_seconds} s): $distill_steps steps; from scratch $scratch_rate images/s: $scratch_steps steps"
+# each schedule keeps the recipe's shape: its epoch length scales with its steps, so the
+# warm-ups (learning rate, teacher temperature) and the last layer's freeze stay the same
+# fractions of the run (`--total-steps` alone keeps them as many steps as in the 10500-step
+# preset: the pairs of 2026-12-02 ran with warm-ups longer than their runs)
+PYTHONPATH=scripts python3 - "$out/distill.json" "$distill_steps" "$out/scratch.json" "$scratch_steps" <<'PY'
+import json, sys
+from tiny_variants import rewrite
+for path, steps in zip(sys.argv[1::2], map(int, sys.argv[2::2])):
+    c = json.load(open(path))
+    rewrite(path, {"total_steps": steps, "epoch_length": max(1, round(c["epoch_length"] * steps / c["total_steps"]))})
+PY
 every() { echo $(( ($1 + 4) / 5 )); }
 common=(--max-minutes "$minutes" --keep-snapshots "${one_core[@]}")
 distill --out "$out/distill-tiny" --total-steps "$distill_steps" --checkpoint-every "$(every "$distill_steps")" "${common[@]}" &

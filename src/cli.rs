@@ -147,7 +147,9 @@ pub struct RunArgs {
     /// Override the recipe's images per step.
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Override the recipe's schedule length in steps.
+    /// Override the recipe's schedule length in steps. Warm-ups and the last layer's freeze stay
+    /// as long as the recipe's epoch_length makes them: to shorten them too, set epoch_length in
+    /// a --config (a warning says when one takes more than half the run).
     #[arg(long)]
     pub total_steps: Option<usize>,
     /// Steps between checkpoints.
@@ -879,6 +881,7 @@ fn run_recipe(
             config.batch_size.div_ceil(devices.len())
         );
     }
+    config.schedule_warnings().iter().for_each(warn);
     eprintln!(
         "{} {label} ({:.1}M backbone parameters) on {} ({} images), {} steps of {} images, into {}",
         if config.distillation.is_some() { "distilling" } else { "training" },

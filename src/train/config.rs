@@ -334,4 +334,32 @@ impl TrainConfig {
     pub fn epochs_to_steps(&self, epochs: f64) -> usize {
         (epochs * self.epoch_length as f64).round() as usize
     }
+
+    /// The parts of the schedule that take more than half of the run: warm-ups and the last
+    /// layer's freeze are counted in epochs of `epoch_length` steps, so a shorter `total_steps`
+    /// alone leaves them as long as before. One message per part, empty when all fit.
+    pub fn schedule_warnings(&self) -> Vec<String> {
+        let parts = [
+            ("the learning-rate warm-up (warmup_epochs)", self.warmup_epochs, true),
+            (
+                "the teacher-temperature warm-up (warmup_teacher_temp_epochs)",
+                self.warmup_teacher_temp_epochs,
+                self.warmup_teacher_temp != self.teacher_temp,
+            ),
+            ("the last layer's freeze (freeze_last_layer_epochs)", self.freeze_last_layer_epochs, true),
+        ];
+        parts
+            .into_iter()
+            .filter(|&(_, epochs, applies)| applies && 2 * self.epochs_to_steps(epochs) > self.total_steps)
+            .map(|(name, epochs, _)| {
+                format!(
+                    "{name} lasts {} of the run's {} steps (epoch_length {}): scale epoch_length with \
+                     total_steps to keep the schedule's shape",
+                    self.epochs_to_steps(epochs),
+                    self.total_steps,
+                    self.epoch_length
+                )
+            })
+            .collect()
+    }
 }

@@ -598,3 +598,29 @@ fn eval_knn_and_train_from_the_command_line() {
     assert!(!run.status.success());
     assert!(String::from_utf8_lossy(&run.stderr).contains("batch_size"));
 }
+
+#[test]
+fn a_schedule_cut_short_without_its_epochs_is_warned_about() {
+    for name in ["tiny", "vits14", "vitb14", "vitl14", "vitg14"] {
+        let c = TrainConfig::preset(name).unwrap();
+        assert_eq!(c.schedule_warnings(), Vec::<String>::new(), "{name}");
+    }
+    // the 15-minute students of 2026-12-02: the preset's 10500-step schedule cut to 1039 steps
+    // with its epoch length of 525 left as it was
+    let mut c = TrainConfig::tiny();
+    c.total_steps = 1039;
+    let warnings = c.schedule_warnings();
+    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    assert!(
+        warnings[0]
+            .starts_with("the learning-rate warm-up (warmup_epochs) lasts 1050 of the run's 1039 steps")
+    );
+    assert!(warnings[1].contains("lasts 2625 of"), "{}", warnings[1]);
+    assert!(warnings[2].contains("lasts 525 of"), "{}", warnings[2]);
+    // a distillation recipe has no teacher-temperature warm-up to warn about
+    c.warmup_teacher_temp = c.teacher_temp;
+    assert_eq!(c.schedule_warnings().len(), 2);
+    // the epoch length scaled with the steps, as scripts/fashion_mnist_distill.sh now does
+    c.epoch_length = 52;
+    assert_eq!(c.schedule_warnings(), Vec::<String>::new());
+}
