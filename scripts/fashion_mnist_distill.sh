@@ -93,7 +93,7 @@ echo "distillation $distill_rate images/s (teacher cache ${cache_seconds} s): $d
 # each schedule keeps the recipe's shape: its epoch length scales with its steps, so the
 # warm-ups (learning rate, teacher temperature) and the last layer's freeze stay the same
 # fractions of the run (`--total-steps` alone keeps them as many steps as in the 10500-step
-# preset: the pairs of 2026-12-02 ran with warm-ups longer than their runs)
+# preset: the patch-14 pairs of 2026-12-02 ran with warm-ups longer than most of their runs)
 PYTHONPATH=scripts python3 - "$out/distill.json" "$distill_steps" "$out/scratch.json" "$scratch_steps" <<'PY'
 import json, sys
 from tiny_variants import rewrite
