@@ -15,6 +15,8 @@
 # TEACHER_CACHE=1 distils with `--teacher-cache` (the teacher's outputs for every training image
 # and its mirror image computed once at the start, inside the minutes; the distillation's
 # schedule is sized to the minutes left after it, as the probe measures it).
+# INIT_HEADS=1 distils with `--init-heads-from-teacher` (the student's heads start as the
+# teacher's: a teacher as wide as the student, e.g. the depth-6 one of BENCHMARKS.md).
 # AUG (official, mild or milder; scripts/tiny_variants.py) swaps both students' augmentations:
 # the same recipe for both, the patch-7 tiny preset's own by default. AUG=preset runs both
 # students with the current tiny preset as it is (patch 14; the pair of 2026-12-02). OUT (default runs) holds the two
@@ -55,7 +57,9 @@ one_thread=(env RAYON_NUM_THREADS=1 MATMUL_NUM_THREADS=1)
 one_core=(--devices cpu:1 --data fashion-mnist-train --overwrite --quiet)
 cache=()
 [ "${TEACHER_CACHE:-0}" = 1 ] && cache=(--teacher-cache)
-distill() { "${one_thread[@]}" $bin distill --teacher "$teacher" --config "$out/distill.json" ${cache[@]+"${cache[@]}"} "$@"; }
+heads=()
+[ "${INIT_HEADS:-0}" = 1 ] && heads=(--init-heads-from-teacher)
+distill() { "${one_thread[@]}" $bin distill --teacher "$teacher" --config "$out/distill.json" ${cache[@]+"${cache[@]}"} ${heads[@]+"${heads[@]}"} "$@"; }
 scratch() { "${one_thread[@]}" $bin train --config "$out/scratch.json" "$@"; }
 # images/s of 20 steps (after the teacher cache, if any), both probes at once as the runs will
 # be; the seconds the cache took

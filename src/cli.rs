@@ -117,6 +117,11 @@ pub struct DistillArgs {
     /// memory (the time it takes counts in --max-minutes).
     #[arg(long)]
     pub teacher_cache: bool,
+    /// Start the student's heads as copies of the teacher's (a teacher run of this project as
+    /// wide as the student, with the same head widths), so that the student learns to hit
+    /// prototypes that already mean something; the backbone still starts from the seed.
+    #[arg(long)]
+    pub init_heads_from_teacher: bool,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -784,6 +789,8 @@ fn distill_command(args: DistillArgs) -> Result<()> {
             c
         }
     };
+    let init_heads =
+        args.init_heads_from_teacher || config.distillation.as_ref().is_some_and(|d| d.init_heads);
     // the student predicts the teacher's prototypes: its heads take the teacher run's K
     if let Some(teacher) = crate::train::trainer::run_config(&args.teacher) {
         config.dino_head.n_prototypes = teacher.dino_head.n_prototypes;
@@ -793,12 +800,20 @@ fn distill_command(args: DistillArgs) -> Result<()> {
         } else {
             teacher.dino_head.n_prototypes
         };
+        if init_heads {
+            crate::train::trainer::check_teacher_heads(&args.teacher, &teacher, &config)?;
+        }
     } else if !args.teacher.exists() {
         return Err(Error::Usage(format!("{}: no such teacher", args.teacher.display())));
+    } else if init_heads {
+        return Err(Error::Usage(format!(
+            "{}: --init-heads-from-teacher needs a teacher run of this project (a backbone alone has no trained heads)",
+            args.teacher.display()
+        )));
     }
     crate::train::trainer::check_teacher(&args.teacher, &config)?;
     let teacher_cache = args.teacher_cache || config.distillation.as_ref().is_some_and(|d| d.teacher_cache);
-    config.distillation = Some(Distillation { teacher: args.teacher.clone(), teacher_cache });
+    config.distillation = Some(Distillation { teacher: args.teacher.clone(), teacher_cache, init_heads });
     let label = if args.config.is_some() { "--config".to_string() } else { args.student_preset.clone() };
     run_recipe(
         config,

@@ -137,6 +137,14 @@ pub struct Distillation {
     /// × teacher width × 2 per image).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub teacher_cache: bool,
+    /// Start the student's DINO and iBOT heads (and so their EMA) as copies of the frozen
+    /// teacher's (`dinov2 distill --init-heads-from-teacher`): the student then learns to hit
+    /// prototypes that already mean something, instead of new random ones. Needs heads of the
+    /// same shapes: a teacher run of this project as wide as the student, with the student's
+    /// head widths. Not in the paper, whose students are narrower than their teacher; the
+    /// released model (the student's EMA backbone) starts from the seed either way.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub init_heads: bool,
 }
 
 impl TrainConfig {

@@ -919,12 +919,17 @@ impl TrainState {
             device.clone().autodiff()
         };
         device.seed(c.seed);
-        let student = SslModel::new(c, &ad);
-        let teacher = student.valid();
+        let mut student = SslModel::new(c, &ad);
         let frozen_teacher = match &c.distillation {
             Some(d) => Some(load_frozen_teacher(&d.teacher, c, &device.clone().inner())?),
             None => None,
         };
+        if let (Some(d), Some(frozen)) = (&c.distillation, &frozen_teacher)
+            && d.init_heads
+        {
+            student = heads_from_teacher(student, frozen, &d.teacher)?;
+        }
+        let teacher = student.valid();
         let rules = GroupRules {
             layer_decay: c.layerwise_decay,
             depth: c.arch.depth,
@@ -1439,6 +1444,57 @@ pub fn load_frozen_teacher(path: &Path, c: &TrainConfig, device: &Device) -> Res
         }
     }
     Ok(teacher)
+}
+
+/// `student` with its DINO and iBOT heads replaced by copies of the frozen `teacher`'s
+/// ([`crate::train::config::Distillation::init_heads`]); an error naming the first tensor
+/// whose shape differs where the heads do not fit.
+pub fn heads_from_teacher(student: SslModel, teacher: &SslModel, path: &Path) -> Result<SslModel> {
+    let values = named_params(teacher)?;
+    let fit = |e: Error| {
+        Error::Usage(format!(
+            "{}: --init-heads-from-teacher needs heads of the student's shapes ({e}): a teacher as wide as the student, with its head widths",
+            path.display()
+        ))
+    };
+    let SslModel { backbone, dino_head, ibot_head } = student;
+    let dino_head = load_named_params(dino_head, &values, "dino_head.").map_err(fit)?;
+    let ibot_head = match ibot_head {
+        Some(h) if teacher.ibot_head.is_some() => {
+            Some(load_named_params(h, &values, "ibot_head.").map_err(fit)?)
+        }
+        Some(_) => return Err(fit(Error::Usage("the teacher's iBOT head is tied to its DINO head".into()))),
+        None => None,
+    };
+    Ok(SslModel { backbone, dino_head, ibot_head })
+}
+
+/// Whether the heads of the teacher run at `path` (recipe `teacher`) have the shapes of the
+/// student's of `c` (its width and head widths), as `--init-heads-from-teacher` needs: a
+/// one-line error naming the first difference where not.
+pub fn check_teacher_heads(path: &Path, teacher: &TrainConfig, c: &TrainConfig) -> Result<()> {
+    let widths = |h: &crate::train::head::HeadConfig| (h.hidden_dim, h.bottleneck_dim, h.n_layers);
+    let ibot = |c: &TrainConfig| if c.ibot_separate_head { Some(widths(&c.ibot_head)) } else { None };
+    let differs = if teacher.arch.embed_dim != c.arch.embed_dim {
+        Some(format!("the teacher is {} wide, the student {}", teacher.arch.embed_dim, c.arch.embed_dim))
+    } else if widths(&teacher.dino_head) != widths(&c.dino_head) {
+        Some(format!(
+            "the teacher's DINO head is (hidden, bottleneck, layers) {:?}, the student's {:?}",
+            widths(&teacher.dino_head),
+            widths(&c.dino_head)
+        ))
+    } else if ibot(teacher) != ibot(c) {
+        Some(format!("the teacher's iBOT head is {:?}, the student's {:?}", ibot(teacher), ibot(c)))
+    } else {
+        None
+    };
+    match differs {
+        Some(why) => Err(Error::Usage(format!(
+            "{}: --init-heads-from-teacher needs heads of the student's shapes: {why}",
+            path.display()
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The architecture of distillation's teacher at `path` (a run's from its header, a

@@ -14,13 +14,20 @@ use crate::training::{assert_same_run, image_folder, losses, micro_config, write
 
 /// A teacher wider than the student (192 vs 128, 3 heads): two steps of `dinov2 train`.
 fn teacher_run(dir: &Scratch, data: &str) -> std::path::PathBuf {
+    teacher_run_of_width(dir, data, 192, false)
+}
+
+/// A teacher `width` wide (heads of 64), its iBOT head untied where `untied_ibot`: two steps
+/// of `dinov2 train`, in `dir/teacher-{width}`.
+fn teacher_run_of_width(dir: &Scratch, data: &str, width: usize, untied_ibot: bool) -> std::path::PathBuf {
     let mut c = micro_config();
-    c.arch.embed_dim = 192;
-    c.arch.num_heads = 3;
+    c.arch.embed_dim = width;
+    c.arch.num_heads = width / 64;
+    c.ibot_separate_head = untied_ibot;
     c.total_steps = 2;
-    let config = dir.join("teacher.json");
+    let config = dir.join(&format!("teacher-{width}.json"));
     write_config(&config, &c);
-    let out = dir.join("teacher");
+    let out = dir.join(&format!("teacher-{width}"));
     let run = dinov2(&[
         "train",
         "--config",
@@ -47,7 +54,8 @@ fn student_config(teacher: &std::path::Path) -> TrainConfig {
     c.warmup_epochs = 0.0;
     c.freeze_last_layer_epochs = 0.0;
     c.total_steps = 40;
-    c.distillation = Some(Distillation { teacher: teacher.to_path_buf(), teacher_cache: false });
+    c.distillation =
+        Some(Distillation { teacher: teacher.to_path_buf(), teacher_cache: false, init_heads: false });
     c
 }
 
@@ -98,6 +106,105 @@ fn distillation_keeps_the_teacher_frozen_and_the_student_learns() {
     let ema_after = named_params(&state.teacher).unwrap();
     let moved = ema_before.iter().filter(|(name, v)| ema_after[*name] != **v).count();
     assert!(moved > ema_before.len() / 2, "only {moved} of {} EMA tensors moved", ema_before.len());
+}
+
+#[test]
+fn the_students_heads_can_start_as_the_teachers() {
+    let dir = Scratch::new("distill-init-heads");
+    let data_dir = dir.join("data");
+    image_folder(&data_dir, 2, 6, 5);
+    let device = ndarray_device();
+    // a teacher as wide as the student (128), both with untied iBOT heads
+    let teacher = teacher_run_of_width(&dir, s(&data_dir), 128, true);
+    let mut c = student_config(&teacher);
+    c.ibot_separate_head = true;
+    let plain = TrainState::new(&c, &device).unwrap();
+    c.distillation.as_mut().unwrap().init_heads = true;
+    let state = TrainState::new(&c, &device).unwrap();
+    let frozen = named_params(state.frozen_teacher.as_ref().unwrap()).unwrap();
+    let (plain_student, student, ema) = (
+        named_params(&plain.student).unwrap(),
+        named_params(&state.student).unwrap(),
+        named_params(&state.teacher).unwrap(),
+    );
+    let heads: Vec<&String> = frozen.keys().filter(|k| k.contains("_head.")).collect();
+    assert!(
+        heads.iter().any(|k| k.starts_with("ibot_head."))
+            && heads.iter().any(|k| k.starts_with("dino_head."))
+    );
+    for name in &heads {
+        assert!(student[*name] == frozen[*name], "the student's {name} is not the teacher's");
+        assert!(ema[*name] == frozen[*name], "the student's EMA {name} is not the teacher's");
+        // (the weight-norm magnitudes start at 1 and stay there while the last layer is frozen)
+        if !name.contains("last_layer_g") {
+            assert!(
+                plain_student[*name] != frozen[*name],
+                "without the flag the student's {name} is the teacher's"
+            );
+        }
+    }
+    // the backbone still starts from the seed, as without the flag
+    for (name, value) in plain_student.iter().filter(|(k, _)| k.starts_with("backbone.")) {
+        assert!(student[name] == *value, "the student's {name} moved");
+        assert!(frozen[name] != *value, "the teacher's {name} equals a fresh one");
+    }
+    // it trains: a few steps, the loss falls
+    let data = dinov2_wgpu::train::data::Dataset::open(s(&data_dir)).unwrap();
+    let batch = make_batch(&c, &data, &[0, 3, 6, 9], 0).unwrap();
+    let mut state = state;
+    let first = state.step(&c, &batch, 0).unwrap().loss.total;
+    let last = (1..15).map(|t| state.step(&c, &batch, t).unwrap().loss.total).last().unwrap();
+    assert!(last < first, "the loss did not fall: {first} -> {last}");
+
+    // a teacher of another width cannot lend its heads: refused in one line, before a run starts
+    let wide = teacher_run(&dir, s(&data_dir));
+    let mut c = student_config(&wide);
+    c.distillation.as_mut().unwrap().init_heads = true;
+    let err = TrainState::new(&c, &device).err().expect("a 192-wide teacher's heads do not fit").to_string();
+    assert!(err.contains("--init-heads-from-teacher") && err.contains("dino_head"), "{err}");
+    let mut student = c.clone();
+    student.distillation = None;
+    let config = dir.join("student.json");
+    write_config(&config, &student);
+    let out = dir.join("refused");
+    refused(
+        &[
+            "distill",
+            "--teacher",
+            s(&wide),
+            "--config",
+            s(&config),
+            "--data",
+            s(&data_dir),
+            "--out",
+            s(&out),
+            "--init-heads-from-teacher",
+        ],
+        "the teacher is 192 wide, the student 128",
+    );
+    // nor can a backbone alone, which has no trained heads
+    let backbone = dir.join("backbone.safetensors");
+    dinov2_wgpu::checkpoint::export::write_backbone(
+        &DinoVisionTransformer::new(&micro_config().arch, &device),
+        &backbone,
+    )
+    .unwrap();
+    refused(
+        &[
+            "distill",
+            "--teacher",
+            s(&backbone),
+            "--config",
+            s(&config),
+            "--data",
+            s(&data_dir),
+            "--out",
+            s(&out),
+            "--init-heads-from-teacher",
+        ],
+        "needs a teacher run of this project",
+    );
+    assert!(!out.join(trainer::CHECKPOINT).exists());
 }
 
 /// A scratch folder `name` holding 12 images (`seed`) and a teacher run on them: the folder,
