@@ -140,6 +140,12 @@ pub struct RunArgs {
     /// Stop after this many minutes (a checkpoint is written).
     #[arg(long)]
     pub max_minutes: Option<f64>,
+    /// Size a new run's schedule to this many minutes: a few steps are timed (then undone)
+    /// and total_steps is set to what fits, with epoch_length (warm-ups, the last layer's
+    /// freeze) and a highres phase scaled with it; the minutes also cap the run as
+    /// --max-minutes does. The fitted recipe is in the run's config.json.
+    #[arg(long, conflicts_with_all = ["max_minutes", "steps", "total_steps", "resume", "print_config"])]
+    pub fit_minutes: Option<f64>,
     /// Stop after this many steps in this invocation (the schedule keeps its configured length).
     #[arg(long)]
     pub steps: Option<usize>,
@@ -834,6 +840,9 @@ fn run_recipe(
 ) -> Result<()> {
     use crate::train::{RunOptions, TrainConfig};
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from(default_out));
+    if let Some(minutes) = args.fit_minutes {
+        crate::train::trainer::check_fit_minutes(minutes)?;
+    }
     if let Some(b) = args.batch_size {
         config.batch_size = b;
     }
@@ -896,14 +905,19 @@ fn run_recipe(
             config.batch_size.div_ceil(devices.len())
         );
     }
-    config.schedule_warnings().iter().for_each(warn);
+    if args.fit_minutes.is_none() {
+        config.schedule_warnings().iter().for_each(warn);
+    }
+    let length = match args.fit_minutes {
+        Some(m) => format!("a schedule fitted to {m} min"),
+        None => format!("{} steps", config.total_steps),
+    };
     eprintln!(
-        "{} {label} ({:.1}M backbone parameters) on {} ({} images), {} steps of {} images, into {}",
+        "{} {label} ({:.1}M backbone parameters) on {} ({} images), {length} of {} images, into {}",
         if config.distillation.is_some() { "distilling" } else { "training" },
         config.arch.num_params() as f64 / 1e6,
         data.name(),
         data.len(),
-        config.total_steps,
         config.batch_size,
         out.display()
     );
@@ -911,6 +925,7 @@ fn run_recipe(
         out: out.clone(),
         max_steps: args.steps,
         max_minutes: args.max_minutes,
+        fit_minutes: args.fit_minutes,
         resume: args.resume,
         overwrite: args.overwrite,
         progress: !args.quiet,

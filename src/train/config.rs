@@ -343,6 +343,23 @@ impl TrainConfig {
         (epochs * self.epoch_length as f64).round() as usize
     }
 
+    /// This recipe with its schedule stretched or shrunk to `total_steps`, in the same shape:
+    /// the epoch length (in which the warm-ups and the last layer's freeze are counted) and a
+    /// high-resolution phase scale with it, so each keeps its fraction of the run (`train
+    /// --fit-minutes`).
+    pub fn with_schedule_length(&self, total_steps: usize) -> TrainConfig {
+        let total_steps = total_steps.max(1);
+        let ratio = total_steps as f64 / self.total_steps.max(1) as f64;
+        let scale = |n: usize| (n as f64 * ratio).round() as usize;
+        let mut c = self.clone();
+        c.total_steps = total_steps;
+        c.epoch_length = scale(self.epoch_length).max(1);
+        if let Some(h) = c.highres.as_mut() {
+            h.steps = scale(h.steps).clamp(usize::from(h.steps > 0), total_steps);
+        }
+        c
+    }
+
     /// The parts of the schedule that take more than half of the run: warm-ups and the last
     /// layer's freeze are counted in epochs of `epoch_length` steps, so a shorter `total_steps`
     /// alone leaves them as long as before. One message per part, empty when all fit.
@@ -369,5 +386,45 @@ impl TrainConfig {
                 )
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `with_schedule_length` keeps every part of the schedule at its fraction of the run.
+    #[test]
+    fn a_resized_schedule_keeps_its_shape() {
+        let mut tiny = TrainConfig::tiny();
+        tiny.highres = Some(HighRes { steps: 1050, global_size: 42, local_size: 14 });
+        let fraction = |c: &TrainConfig, epochs: f64| c.epochs_to_steps(epochs) as f64 / c.total_steps as f64;
+        for steps in [700, 10_500, 63_000] {
+            let c = tiny.with_schedule_length(steps);
+            assert_eq!(c.total_steps, steps);
+            c.validate().unwrap();
+            for epochs in [c.warmup_epochs, c.warmup_teacher_temp_epochs, c.freeze_last_layer_epochs] {
+                let (before, after) = (fraction(&tiny, epochs), fraction(&c, epochs));
+                // rounding the epoch length to whole steps moves a fraction by at most one epoch's
+                // rounding over the run
+                assert!(
+                    (before - after).abs() <= epochs / c.total_steps as f64 + 1e-9,
+                    "{epochs}: {before} {after}"
+                );
+            }
+            let h = c.highres.as_ref().unwrap();
+            assert!((h.steps as f64 / steps as f64 - 0.1).abs() < 1e-3, "{}", h.steps);
+            assert!(c.schedule_warnings().is_empty(), "{:?}", c.schedule_warnings());
+            // nothing else changes
+            let mut same = c.clone();
+            same.total_steps = tiny.total_steps;
+            same.epoch_length = tiny.epoch_length;
+            same.highres = tiny.highres.clone();
+            assert_eq!(same, tiny);
+        }
+        // the shortest schedules still validate: an epoch is at least a step
+        let one = tiny.with_schedule_length(0);
+        assert_eq!((one.total_steps, one.epoch_length, one.highres.as_ref().unwrap().steps), (1, 1, 1));
+        one.validate().unwrap();
     }
 }

@@ -52,12 +52,14 @@ fn part(path: &str) -> &str {
     path.split('.').next().unwrap_or("")
 }
 
+#[derive(Clone)]
 struct Moments {
     m: Tensor<1>,
     v: Tensor<1>,
 }
 
 /// AdamW state: the step count and the moments of every parameter, by name.
+#[derive(Clone)]
 pub struct AdamW {
     pub beta1: f64,
     pub beta2: f64,

@@ -261,6 +261,7 @@ pub fn make_batch(c: &TrainConfig, data: &Dataset, indices: &[usize], step: usiz
 }
 
 /// State carried across steps besides the models and the optimizer.
+#[derive(Clone)]
 pub struct Centers {
     pub dino: Option<Tensor<2>>,
     pub ibot: Option<Tensor<2>>,
@@ -751,6 +752,9 @@ pub struct RunOptions {
     /// Stop after this many steps of this invocation's schedule (the schedule keeps its length).
     pub max_steps: Option<usize>,
     pub max_minutes: Option<f64>,
+    /// A new run's schedule sized to these minutes (see [`fit_schedule`]); they also cap it
+    /// as `max_minutes` does.
+    pub fit_minutes: Option<f64>,
     pub resume: bool,
     /// Start over in a folder that holds a run.
     pub overwrite: bool,
@@ -1268,6 +1272,10 @@ pub fn train(c: &TrainConfig, data: &Dataset, device: &Device, options: &RunOpti
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let checkpoint_path = out.join(CHECKPOINT);
     let mut start = 0;
+    // --max-minutes and --fit-minutes count from here: the teacher cache and the probe are
+    // part of the run's cost
+    let started = Instant::now();
+    let mut fitted = None;
     if options.resume && checkpoint_path.exists() {
         let saved = read_checkpoint(&checkpoint_path)?;
         if saved.config != *c {
@@ -1291,33 +1299,30 @@ pub fn train(c: &TrainConfig, data: &Dataset, device: &Device, options: &RunOpti
         if options.resume {
             eprintln!("no checkpoint in {}: starting a new run", out.display());
         }
+        if let Some(minutes) = options.fit_minutes {
+            if c.distillation.as_ref().is_some_and(|d| d.teacher_cache) {
+                build_teacher_cache(&mut state, c, data, options.progress)?;
+            }
+            let f = fit_schedule(&mut state, c, data, minutes, &started)?;
+            state.schedules = Schedules::new(&f);
+            fitted = Some(f);
+        }
+        let c = fitted.as_ref().unwrap_or(c);
         write_json_atomic(&out.join(CONFIG), c)?;
         let _ = std::fs::remove_file(out.join(METRICS));
         // the network at initialisation, for baselines (`dinov2 eval knn --weights` on it)
         crate::checkpoint::export::write_backbone(&state.teacher.backbone, &out.join(INIT_BACKBONE))?;
     }
 
+    let c = fitted.as_ref().unwrap_or(c);
     let end = options.max_steps.map_or(c.total_steps, |m| (start + m).min(c.total_steps)).max(start);
-    let started = Instant::now();
-    if c.distillation.as_ref().is_some_and(|d| d.teacher_cache) && start < end {
-        // inside --max-minutes: the cache is part of the distillation's cost
-        let caching =
-            if options.progress { ProgressBar::new(data.len() as u64) } else { ProgressBar::hidden() };
-        caching.set_style(
-            ProgressStyle::with_template(
-                "{elapsed_precise} [{bar:30}] {pos}/{len} caching the teacher's outputs",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        state.cache_teacher(data, c, |n| caching.inc(n as u64))?;
-        caching.finish_and_clear();
-        eprintln!(
-            "cached the teacher's outputs for {} images (as is and mirrored) in {:.1} s",
-            data.len(),
-            started.elapsed().as_secs_f64()
-        );
+    if c.distillation.as_ref().is_some_and(|d| d.teacher_cache)
+        && start < end
+        && state.teacher_cache.is_none()
+    {
+        build_teacher_cache(&mut state, c, data, options.progress)?;
     }
+    let max_minutes = options.max_minutes.or(options.fit_minutes);
     let bar = if options.progress { ProgressBar::new((end - start) as u64) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
@@ -1336,7 +1341,7 @@ pub fn train(c: &TrainConfig, data: &Dataset, device: &Device, options: &RunOpti
     let mut images = 0usize;
     let mut step = start;
     let out_of_time =
-        |started: &Instant| options.max_minutes.is_some_and(|m| started.elapsed().as_secs_f64() > m * 60.0);
+        |started: &Instant| max_minutes.is_some_and(|m| started.elapsed().as_secs_f64() > m * 60.0);
     let mut stop = false;
     while step < end && !stop {
         let indices = batch_indices(data.len(), c.batch_size, step, c.seed, &mut order_cache);
@@ -1408,6 +1413,119 @@ pub fn train(c: &TrainConfig, data: &Dataset, device: &Device, options: &RunOpti
         images_per_second: images as f64 / stepping.elapsed().as_secs_f64().max(1e-9),
         checkpoint: checkpoint_path,
     })
+}
+
+/// Build distillation's teacher cache on `state`, with a progress bar (the time it takes
+/// counts in the run's minutes).
+fn build_teacher_cache(
+    state: &mut TrainState,
+    c: &TrainConfig,
+    data: &Dataset,
+    progress: bool,
+) -> Result<()> {
+    let caching = if progress { ProgressBar::new(data.len() as u64) } else { ProgressBar::hidden() };
+    caching.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} caching the teacher's outputs",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    let t = Instant::now();
+    state.cache_teacher(data, c, |n| caching.inc(n as u64))?;
+    caching.finish_and_clear();
+    // scripts/fashion_mnist_distill.sh reads the seconds at the end of this line
+    eprintln!(
+        "cached the teacher's outputs for {} images (as is and mirrored) in {:.1} s",
+        data.len(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Steps of a speed probe not timed (the first compile kernels and fill caches), and the most
+/// that are timed.
+const PROBE_UNTIMED: usize = 3;
+const PROBE_TIMED: usize = 20;
+/// The share of the time left that the fitted schedule plans for (checkpoints, slower steps).
+const FIT_SHARE: f64 = 0.95;
+
+/// A length `--fit-minutes` can fit a schedule to: positive and finite.
+pub fn check_fit_minutes(minutes: f64) -> Result<()> {
+    if minutes > 0.0 && minutes.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!("--fit-minutes must be a positive number of minutes, not {minutes}")))
+    }
+}
+
+/// `train --fit-minutes`: `c` with its schedule sized (in the same shape,
+/// [`TrainConfig::with_schedule_length`]) to what `state` does in the `minutes` counted from
+/// `started`, measured by a probe of a few steps that is then undone: `state` is left as it
+/// was, so the run is the one its config.json describes. The probe times up to
+/// [`PROBE_TIMED`] steps after [`PROBE_UNTIMED`], fewer where they would take more than a
+/// twentieth of the minutes.
+pub fn fit_schedule(
+    state: &mut TrainState,
+    c: &TrainConfig,
+    data: &Dataset,
+    minutes: f64,
+    started: &Instant,
+) -> Result<TrainConfig> {
+    check_fit_minutes(minutes)?;
+    let budget = minutes * 60.0;
+    eprintln!("fitting the schedule to {minutes} min: timing a few steps, then undoing them");
+    let saved = (
+        state.student.clone(),
+        state.teacher.clone(),
+        state.optimizer.clone(),
+        state.centers.clone(),
+        state.scaler,
+    );
+    let mut order_cache = None;
+    let mut timing = None;
+    let mut timed = 0;
+    for step in 0.. {
+        if step == PROBE_UNTIMED {
+            timing = Some(Instant::now());
+        }
+        if let Some(t) = timing
+            && (timed == PROBE_TIMED || (timed >= 2 && t.elapsed().as_secs_f64() > budget / 20.0))
+        {
+            break;
+        }
+        if started.elapsed().as_secs_f64() > budget {
+            return Err(Error::Usage(format!(
+                "--fit-minutes {minutes}: the speed probe used all of it ({} steps in {:.1} s); give more minutes",
+                step,
+                started.elapsed().as_secs_f64()
+            )));
+        }
+        let indices = batch_indices(data.len(), c.batch_size, step, c.seed, &mut order_cache);
+        let batch = make_batch(c, data, &indices, step)?;
+        state.step(c, &batch, step)?;
+        timed += usize::from(timing.is_some());
+    }
+    let per_step = timing.map_or(0.0, |t| t.elapsed().as_secs_f64()) / timed as f64;
+    (state.student, state.teacher, state.optimizer, state.centers, state.scaler) = saved;
+    let left = budget - started.elapsed().as_secs_f64();
+    let steps = (FIT_SHARE * left / per_step).floor();
+    if steps < 1.0 {
+        return Err(Error::Usage(format!(
+            "--fit-minutes {minutes}: after the speed probe ({per_step:.2} s a step) no time is left for a step; give more minutes"
+        )));
+    }
+    let fitted = c.with_schedule_length(steps as usize);
+    fitted.schedule_warnings().iter().for_each(|w| eprintln!("warning: {w}"));
+    eprintln!(
+        "fitted the schedule to {minutes} min: {} steps of {} images (epoch_length {}; {:.1} images/s over {timed} timed steps, {:.1} s left)",
+        fitted.total_steps,
+        fitted.batch_size,
+        fitted.epoch_length,
+        c.batch_size as f64 / per_step,
+        left
+    );
+    Ok(fitted)
 }
 
 /// Distillation's teacher from `path`: a run folder or training checkpoint of this project

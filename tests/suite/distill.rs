@@ -452,4 +452,12 @@ fn distill_with_the_teacher_cache_from_the_command_line_resumes_exactly() {
     run(&["--steps", "2"], &stopped);
     run(&["--resume"], &stopped);
     assert_same_run(&straight, &stopped, "distill --teacher-cache: stop + resume");
+    // --fit-minutes: the cache is built once, before the speed probe that sizes the schedule
+    let fitted = dir.join("fitted");
+    let stderr = run(&["--fit-minutes", "0.05"], &fitted);
+    assert_eq!(stderr.matches("cached the teacher's outputs").count(), 1, "{stderr}");
+    let (cached, fit) = (stderr.find("cached the teacher").unwrap(), stderr.find("fitted the schedule"));
+    assert!(fit.is_some_and(|f| f > cached), "{stderr}");
+    let c = dinov2_wgpu::train::TrainConfig::from_json_file(&fitted.join(trainer::CONFIG)).unwrap();
+    assert!(c.distillation.as_ref().is_some_and(|d| d.teacher_cache));
 }

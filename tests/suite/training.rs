@@ -122,6 +122,56 @@ pub(crate) fn assert_same_run(a: &Path, b: &Path, what: &str) {
     }
 }
 
+/// `train --fit-minutes`: the schedule is sized to the minutes in the recipe's shape
+/// (`TrainConfig::with_schedule_length`), most of it runs within them, and the speed probe
+/// leaves no trace: the run equals a plain run of the config.json it wrote, step for step.
+#[test]
+fn fit_minutes_sizes_the_schedule_and_the_probe_leaves_no_trace() {
+    let dir = Scratch::new("train-fit");
+    let data = dir.join("data");
+    image_folder(&data, 1, 6, 3);
+    let config = dir.join("micro.json");
+    let mut c = micro_config();
+    // a schedule far longer than 6 seconds hold, in 4 epochs
+    (c.total_steps, c.epoch_length, c.checkpoint_every) = (100_000, 25_000, 100_000);
+    write_config(&config, &c);
+    let (config, data) = (s(&config), s(&data));
+
+    let fitted = dir.join("fitted");
+    let mut args = train_args(config, data, s(&fitted));
+    args.extend(["--fit-minutes", "0.1"]);
+    let run = dinov2(&args);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success() && stderr.contains("fitted the schedule to 0.1 min"), "{stderr}");
+    let f = TrainConfig::from_json_file(&fitted.join(trainer::CONFIG)).unwrap();
+    assert!(f.total_steps >= 4 && f.total_steps < c.total_steps, "{} steps", f.total_steps);
+    assert_eq!(f, c.with_schedule_length(f.total_steps), "only the schedule's length changes, in shape");
+    let done = losses(&fitted).len();
+    eprintln!("fitted {} steps, {done} done in 6 s", f.total_steps);
+    assert!(4 * done >= f.total_steps && done <= f.total_steps, "{done} of {} steps done", f.total_steps);
+
+    let plain = dir.join("plain");
+    let done_arg = done.to_string();
+    let fitted_config = fitted.join(trainer::CONFIG);
+    let mut args = train_args(s(&fitted_config), data, s(&plain));
+    args.extend(["--steps", &done_arg]);
+    let run = dinov2(&args);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_same_run(&fitted, &plain, "fitted run against its config.json run plainly");
+
+    // a length that fits nothing, and a resume (whose schedule is the run's own): one line each
+    for extra in [&["--fit-minutes", "0"][..], &["--fit-minutes", "1", "--resume"]] {
+        let mut args = train_args(config, data, s(&plain));
+        args.extend(extra);
+        let run = dinov2(&args);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            !run.status.success() && stderr.starts_with("error: ") && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+    }
+}
+
 #[test]
 fn resume_after_a_stop_or_kill_9_repeats_the_uninterrupted_run_exactly() {
     let dir = Scratch::new("train-resume");
