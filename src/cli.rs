@@ -227,6 +227,9 @@ pub struct EvalSetArgs {
     /// Use only the first N images of --test.
     #[arg(long)]
     pub limit_test: Option<usize>,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 impl EvalSetArgs {
@@ -599,6 +602,11 @@ fn progress_bar(len: usize, what: &str) -> ProgressBar {
     bar
 }
 
+/// `bar`, or a hidden one when `quiet`.
+fn quiet_or(quiet: bool, bar: ProgressBar) -> ProgressBar {
+    if quiet { ProgressBar::hidden() } else { bar }
+}
+
 fn check_output_dir(path: &Path) -> Result<()> {
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if !parent.is_dir() {
@@ -963,7 +971,7 @@ fn knn_command(args: KnnArgs) -> Result<()> {
         (a, b, 3 * size * size, device)
     } else {
         let (model, device, size) = eval_model(&args.sets, &args.backend)?;
-        let bar = progress_bar(train.len() + test.len(), "features");
+        let bar = quiet_or(args.sets.quiet, progress_bar(train.len() + test.len(), "features"));
         let a = knn::cls_features(&model, &train, size, args.batch_size, &device, &bar)?;
         let b = knn::cls_features(&model, &test, size, args.batch_size, &device, &bar)?;
         bar.finish_and_clear();
@@ -1026,7 +1034,8 @@ fn linear_command(args: LinearArgs) -> Result<()> {
     let (model, device, size) = eval_model(&args.sets, &args.backend)?;
     let started = Instant::now();
     let flip = args.flip;
-    let bar = progress_bar(train.len() * (1 + flip as usize) + test.len(), "features");
+    let bar =
+        quiet_or(args.sets.quiet, progress_bar(train.len() * (1 + flip as usize) + test.len(), "features"));
     let extract = |data, mirror| {
         ProbeFeatures::extract(&model, data, size, args.feature_batch_size, mirror, &device, &bar)
     };
@@ -1050,7 +1059,7 @@ fn linear_command(args: LinearArgs) -> Result<()> {
         ..ProbeOptions::default()
     };
     let settings = crate::eval::linear::SETTINGS.len() as u64;
-    let bar = ProgressBar::new(settings * args.iterations as u64);
+    let bar = quiet_or(args.sets.quiet, ProgressBar::new(settings * args.iterations as u64));
     bar.set_style(
         ProgressStyle::with_template("linear heads [{bar:30}] {pos}/{len} iterations, eta {eta}")
             .expect("static template")

@@ -241,6 +241,7 @@ fn eval_linear_from_the_command_line() {
         "--val-fraction",
         "0.25",
         "--flip",
+        "--quiet",
         "--backend",
         "ndarray",
         "--json",

@@ -592,6 +592,7 @@ fn eval_knn_and_train_from_the_command_line() {
         s(&test),
         "--json",
         s(&json),
+        "--quiet",
     ]);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
