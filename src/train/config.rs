@@ -226,9 +226,10 @@ impl TrainConfig {
     /// The `tiny` recipe: 28 px global crops of 0.9 to 1 of the image (patch 14: 2 × 2 grids),
     /// no local crops, geometric augmentations only (crops and flips: no colour jitter,
     /// grayscale, solarisation or blur), a constant teacher momentum of 0.996, small heads
-    /// (1024 prototypes), 10500 steps of 64 images (about an hour on 2 CPU cores: 9322 of them in
-    /// 60 minutes at 166 images/s on cores without AVX-512), "epochs" of 525 steps (a 20th of
-    /// that) for the warm-ups and the last-layer freeze, no stochastic depth. Larger images are
+    /// (1024 prototypes), 10500 steps of 64 images (about an hour on 2 CPU cores without
+    /// AVX-512: 9322 of them in 60 minutes at 166 images/s; `--fit-minutes 60` made it 18105 on
+    /// 2 AVX-512 cores), "epochs" of 525 steps (a 20th of the schedule, as fitting keeps them)
+    /// for the warm-ups and the last-layer freeze, no stochastic depth. Larger images are
     /// cropped the same way (the crops are resized). The official augmentations, made for 224 px
     /// photographs, cost k-NN top-1 on 28 px Fashion-MNIST (BENCHMARKS.md, "Milder
     /// augmentations" and "No local crops"); local crops come back with `crops.n_local` (0.3 to
