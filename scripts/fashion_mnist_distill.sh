@@ -17,6 +17,9 @@
 # schedule is sized to the minutes left after it, as the probe measures it).
 # INIT_HEADS=1 distils with `--init-heads-from-teacher` (the student's heads start as the
 # teacher's: a teacher as wide as the student, e.g. the depth-6 one of BENCHMARKS.md).
+# INIT_BACKBONE=1 distils with `--init-backbone-from-teacher` (the student's backbone starts as
+# the teacher's, its blocks taken evenly from a deeper teacher of the student's width, as
+# DistilBERT does; e.g. 4 of the depth-6 teacher's 6 blocks).
 # AUG (official, mild or milder; scripts/tiny_variants.py) swaps both students' augmentations:
 # the same recipe for both, the patch-7 tiny preset's own by default. AUG=preset runs both
 # students with the current tiny preset as it is (patch 14; the pair of 2026-12-02). OUT (default runs) holds the two
@@ -59,6 +62,7 @@ cache=()
 [ "${TEACHER_CACHE:-0}" = 1 ] && cache=(--teacher-cache)
 heads=()
 [ "${INIT_HEADS:-0}" = 1 ] && heads=(--init-heads-from-teacher)
+[ "${INIT_BACKBONE:-0}" = 1 ] && heads+=(--init-backbone-from-teacher)
 distill() { "${one_thread[@]}" $bin distill --teacher "$teacher" --config "$out/distill.json" ${cache[@]+"${cache[@]}"} ${heads[@]+"${heads[@]}"} "$@"; }
 scratch() { "${one_thread[@]}" $bin train --config "$out/scratch.json" "$@"; }
 # images/s of 20 steps (after the teacher cache, if any), both probes at once as the runs will

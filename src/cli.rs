@@ -122,6 +122,12 @@ pub struct DistillArgs {
     /// prototypes that already mean something; the backbone still starts from the seed.
     #[arg(long)]
     pub init_heads_from_teacher: bool,
+    /// Start the student's backbone as the teacher's, DistilBERT's way: its blocks taken
+    /// evenly from a teacher at least as deep (first and last included), everything else
+    /// copied; needs the student's width, heads, feed-forward, patch and registers. Not in the
+    /// paper (its students are narrower than their teacher).
+    #[arg(long)]
+    pub init_backbone_from_teacher: bool,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -825,9 +831,12 @@ fn distill_command(args: DistillArgs) -> Result<()> {
             args.teacher.display()
         )));
     }
-    crate::train::trainer::check_teacher(&args.teacher, &config)?;
     let teacher_cache = args.teacher_cache || config.distillation.as_ref().is_some_and(|d| d.teacher_cache);
-    config.distillation = Some(Distillation { teacher: args.teacher.clone(), teacher_cache, init_heads });
+    let init_backbone =
+        args.init_backbone_from_teacher || config.distillation.as_ref().is_some_and(|d| d.init_backbone);
+    config.distillation =
+        Some(Distillation { teacher: args.teacher.clone(), teacher_cache, init_heads, init_backbone });
+    crate::train::trainer::check_teacher(&args.teacher, &config)?;
     let label = if args.config.is_some() { "--config".to_string() } else { args.student_preset.clone() };
     run_recipe(
         config,

@@ -145,6 +145,16 @@ pub struct Distillation {
     /// released model (the student's EMA backbone) starts from the seed either way.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub init_heads: bool,
+    /// Start the student's backbone (and so its EMA) from the teacher's, as DistilBERT starts
+    /// its student from every other layer of its teacher (`dinov2 distill
+    /// --init-backbone-from-teacher`): the patch embedding, class, register and mask tokens,
+    /// position embedding and final norm copied, and the student's d blocks taken from the
+    /// teacher's D evenly, first and last included (block i from block round(i (D − 1) /
+    /// (d − 1)); [`crate::train::trainer::teacher_blocks`]). Needs a teacher at least as deep
+    /// with the student's width, heads, feed-forward, patch, position grid and registers. Not
+    /// in the paper, whose students are narrower than their teacher.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub init_backbone: bool,
 }
 
 impl TrainConfig {

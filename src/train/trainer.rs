@@ -933,6 +933,11 @@ impl TrainState {
         {
             student = heads_from_teacher(student, frozen, &d.teacher)?;
         }
+        if let (Some(d), Some(frozen)) = (&c.distillation, &frozen_teacher)
+            && d.init_backbone
+        {
+            student = backbone_from_teacher(student, frozen, &d.teacher)?;
+        }
         let teacher = student.valid();
         let rules = GroupRules {
             layer_decay: c.layerwise_decay,
@@ -1587,6 +1592,76 @@ pub fn heads_from_teacher(student: SslModel, teacher: &SslModel, path: &Path) ->
     Ok(SslModel { backbone, dino_head, ibot_head })
 }
 
+/// The teacher's blocks that a student `depth` blocks deep starts from
+/// ([`crate::train::config::Distillation::init_backbone`]): spread evenly over the teacher's
+/// `teacher_depth` (≥ `depth`), first and last included; a one-block student takes the first.
+pub fn teacher_blocks(depth: usize, teacher_depth: usize) -> Vec<usize> {
+    if depth <= 1 {
+        return vec![0; depth];
+    }
+    (0..depth).map(|i| ((i * (teacher_depth - 1)) as f64 / (depth - 1) as f64).round() as usize).collect()
+}
+
+/// `student` with its backbone replaced by the frozen `teacher`'s, its blocks taken by
+/// [`teacher_blocks`] ([`crate::train::config::Distillation::init_backbone`]); a one-line
+/// error where the architectures cannot pair.
+pub fn backbone_from_teacher(student: SslModel, teacher: &SslModel, path: &Path) -> Result<SslModel> {
+    check_teacher_backbone(path, &teacher.backbone.config, &student.backbone.config)?;
+    let blocks = teacher_blocks(student.backbone.config.depth, teacher.backbone.config.depth);
+    let mut values = std::collections::BTreeMap::new();
+    for (name, value) in named_params(&teacher.backbone)? {
+        match name.strip_prefix("blocks.").and_then(|rest| rest.split_once('.')) {
+            Some((j, tail)) => {
+                for (i, _) in blocks.iter().enumerate().filter(|(_, b)| b.to_string() == j) {
+                    values.insert(format!("blocks.{i}.{tail}"), value.clone());
+                }
+            }
+            None => {
+                values.insert(name, value);
+            }
+        }
+    }
+    let SslModel { backbone, dino_head, ibot_head } = student;
+    let backbone = load_named_params(backbone, &values, "")
+        .map_err(|e| Error::Usage(format!("{}: --init-backbone-from-teacher: {e}", path.display())))?;
+    Ok(SslModel { backbone, dino_head, ibot_head })
+}
+
+/// Whether a teacher of architecture `teacher` can lend its backbone to a `student`
+/// (`--init-backbone-from-teacher`): as deep or deeper, everything else equal; a one-line error
+/// naming the first difference where not.
+pub fn check_teacher_backbone(
+    path: &Path,
+    teacher: &crate::config::VitConfig,
+    student: &crate::config::VitConfig,
+) -> Result<()> {
+    let shape = |a: &crate::config::VitConfig| {
+        [a.embed_dim, a.num_heads, a.ffn_hidden, a.patch_size, a.pos_grid, a.num_register_tokens]
+    };
+    let names = ["width", "heads", "feed-forward width", "patch", "position grid", "registers"];
+    let differs = if let Some(k) = (0..names.len()).find(|&k| shape(teacher)[k] != shape(student)[k]) {
+        Some(format!(
+            "the teacher's {} is {}, the student's {}",
+            names[k],
+            shape(teacher)[k],
+            shape(student)[k]
+        ))
+    } else if teacher.ffn != student.ffn {
+        Some(format!("the teacher's feed-forward is {:?}, the student's {:?}", teacher.ffn, student.ffn))
+    } else if teacher.depth < student.depth {
+        Some(format!("the teacher has {} blocks, the student {}", teacher.depth, student.depth))
+    } else {
+        None
+    };
+    match differs {
+        Some(why) => Err(Error::Usage(format!(
+            "{}: --init-backbone-from-teacher needs the student's architecture, as deep or deeper: {why}",
+            path.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Whether the heads of the teacher run at `path` (recipe `teacher`) have the shapes of the
 /// student's of `c` (its width and head widths), as `--init-heads-from-teacher` needs: a
 /// one-line error naming the first difference where not.
@@ -1622,7 +1697,11 @@ pub fn check_teacher(path: &Path, c: &TrainConfig) -> Result<()> {
         Some(run) => run.arch,
         None => crate::checkpoint::read_backbone(path, &crate::checkpoint::LoadOptions::default())?.config,
     };
-    check_teacher_patch(path, &arch, c)
+    check_teacher_patch(path, &arch, c)?;
+    if c.distillation.as_ref().is_some_and(|d| d.init_backbone) {
+        check_teacher_backbone(path, &arch, &c.arch)?;
+    }
+    Ok(())
 }
 
 fn check_teacher_patch(path: &Path, teacher: &crate::config::VitConfig, c: &TrainConfig) -> Result<()> {

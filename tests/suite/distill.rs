@@ -20,14 +20,22 @@ fn teacher_run(dir: &Scratch, data: &str) -> std::path::PathBuf {
 /// A teacher `width` wide (heads of 64), its iBOT head untied where `untied_ibot`: two steps
 /// of `dinov2 train`, in `dir/teacher-{width}`.
 fn teacher_run_of_width(dir: &Scratch, data: &str, width: usize, untied_ibot: bool) -> std::path::PathBuf {
+    teacher_run_with(dir, data, &format!("teacher-{width}"), |c| {
+        c.arch.embed_dim = width;
+        c.arch.num_heads = width / 64;
+        c.ibot_separate_head = untied_ibot;
+    })
+}
+
+/// A teacher of the micro recipe as `edit` changes it: two steps of `dinov2 train`, in
+/// `dir/name`.
+fn teacher_run_with(dir: &Scratch, data: &str, name: &str, edit: impl Fn(&mut TrainConfig)) -> PathBuf {
     let mut c = micro_config();
-    c.arch.embed_dim = width;
-    c.arch.num_heads = width / 64;
-    c.ibot_separate_head = untied_ibot;
+    edit(&mut c);
     c.total_steps = 2;
-    let config = dir.join(&format!("teacher-{width}.json"));
+    let config = dir.join(&format!("{name}.json"));
     write_config(&config, &c);
-    let out = dir.join(&format!("teacher-{width}"));
+    let out = dir.join(name);
     let run = dinov2(&[
         "train",
         "--config",
@@ -54,8 +62,12 @@ fn student_config(teacher: &std::path::Path) -> TrainConfig {
     c.warmup_epochs = 0.0;
     c.freeze_last_layer_epochs = 0.0;
     c.total_steps = 40;
-    c.distillation =
-        Some(Distillation { teacher: teacher.to_path_buf(), teacher_cache: false, init_heads: false });
+    c.distillation = Some(Distillation {
+        teacher: teacher.to_path_buf(),
+        teacher_cache: false,
+        init_heads: false,
+        init_backbone: false,
+    });
     c
 }
 
@@ -108,6 +120,36 @@ fn distillation_keeps_the_teacher_frozen_and_the_student_learns() {
     assert!(moved > ema_before.len() / 2, "only {moved} of {} EMA tensors moved", ema_before.len());
 }
 
+type Params = std::collections::BTreeMap<String, dinov2_wgpu::train::params::HostTensor>;
+
+/// The distillation state of `c` with `flag` set on its distillation, and the parameters of
+/// the student made without it, of the flagged student, of its EMA and of the frozen teacher.
+fn flagged_init(
+    c: &mut TrainConfig,
+    device: &burn::tensor::Device,
+    flag: impl Fn(&mut Distillation),
+) -> (TrainState, [Params; 4]) {
+    let plain = TrainState::new(c, device).unwrap();
+    flag(c.distillation.as_mut().unwrap());
+    let state = TrainState::new(c, device).unwrap();
+    let params = [
+        named_params(&plain.student).unwrap(),
+        named_params(&state.student).unwrap(),
+        named_params(&state.teacher).unwrap(),
+        named_params(state.frozen_teacher.as_ref().unwrap()).unwrap(),
+    ];
+    (state, params)
+}
+
+/// Fifteen steps of `state` on one batch of the images in `data_dir`: the loss falls.
+fn assert_loss_falls(mut state: TrainState, c: &TrainConfig, data_dir: &std::path::Path) {
+    let data = dinov2_wgpu::train::data::Dataset::open(s(data_dir)).unwrap();
+    let batch = make_batch(c, &data, &[0, 3, 6, 9], 0).unwrap();
+    let first = state.step(c, &batch, 0).unwrap().loss.total;
+    let last = (1..15).map(|t| state.step(c, &batch, t).unwrap().loss.total).last().unwrap();
+    assert!(last < first, "the loss did not fall: {first} -> {last}");
+}
+
 #[test]
 fn the_students_heads_can_start_as_the_teachers() {
     let dir = Scratch::new("distill-init-heads");
@@ -118,15 +160,8 @@ fn the_students_heads_can_start_as_the_teachers() {
     let teacher = teacher_run_of_width(&dir, s(&data_dir), 128, true);
     let mut c = student_config(&teacher);
     c.ibot_separate_head = true;
-    let plain = TrainState::new(&c, &device).unwrap();
-    c.distillation.as_mut().unwrap().init_heads = true;
-    let state = TrainState::new(&c, &device).unwrap();
-    let frozen = named_params(state.frozen_teacher.as_ref().unwrap()).unwrap();
-    let (plain_student, student, ema) = (
-        named_params(&plain.student).unwrap(),
-        named_params(&state.student).unwrap(),
-        named_params(&state.teacher).unwrap(),
-    );
+    let (state, [plain_student, student, ema, frozen]) =
+        flagged_init(&mut c, &device, |d| d.init_heads = true);
     let heads: Vec<&String> = frozen.keys().filter(|k| k.contains("_head.")).collect();
     assert!(
         heads.iter().any(|k| k.starts_with("ibot_head."))
@@ -149,12 +184,7 @@ fn the_students_heads_can_start_as_the_teachers() {
         assert!(frozen[name] != *value, "the teacher's {name} equals a fresh one");
     }
     // it trains: a few steps, the loss falls
-    let data = dinov2_wgpu::train::data::Dataset::open(s(&data_dir)).unwrap();
-    let batch = make_batch(&c, &data, &[0, 3, 6, 9], 0).unwrap();
-    let mut state = state;
-    let first = state.step(&c, &batch, 0).unwrap().loss.total;
-    let last = (1..15).map(|t| state.step(&c, &batch, t).unwrap().loss.total).last().unwrap();
-    assert!(last < first, "the loss did not fall: {first} -> {last}");
+    assert_loss_falls(state, &c, &data_dir);
 
     // a teacher of another width cannot lend its heads: refused in one line, before a run starts
     let wide = teacher_run(&dir, s(&data_dir));
@@ -205,6 +235,82 @@ fn the_students_heads_can_start_as_the_teachers() {
         "needs a teacher run of this project",
     );
     assert!(!out.join(trainer::CHECKPOINT).exists());
+}
+
+#[test]
+fn the_students_backbone_can_start_from_a_deeper_teachers_blocks() {
+    // the blocks taken: as many as the student has, increasing, first and last included
+    for (depth, teacher_depth) in [(2, 2), (2, 3), (4, 6), (4, 4), (3, 40), (12, 40)] {
+        let blocks = trainer::teacher_blocks(depth, teacher_depth);
+        assert_eq!(blocks.len(), depth);
+        assert!(blocks.windows(2).all(|w| w[0] < w[1]), "{depth} of {teacher_depth}: {blocks:?}");
+        assert_eq!((blocks[0], blocks[depth - 1]), (0, teacher_depth - 1), "{blocks:?}");
+        if depth == teacher_depth {
+            assert!(blocks.iter().enumerate().all(|(i, &b)| i == b));
+        }
+    }
+    let dir = Scratch::new("distill-init-backbone");
+    let data_dir = dir.join("data");
+    image_folder(&data_dir, 2, 6, 7);
+    let device = ndarray_device();
+    // a teacher as wide as the student (128), three blocks to the student's two
+    let teacher = teacher_run_with(&dir, s(&data_dir), "teacher-deep", |c| c.arch.depth = 3);
+    let mut c = student_config(&teacher);
+    let (state, [plain_student, student, ema, frozen]) =
+        flagged_init(&mut c, &device, |d| d.init_backbone = true);
+    let blocks = trainer::teacher_blocks(2, 3);
+    let mut from_blocks = 0;
+    for (name, value) in student.iter().filter(|(k, _)| k.starts_with("backbone.")) {
+        let source = match name.strip_prefix("backbone.blocks.").and_then(|r| r.split_once('.')) {
+            Some((i, tail)) => {
+                from_blocks += 1;
+                format!("backbone.blocks.{}.{tail}", blocks[i.parse::<usize>().unwrap()])
+            }
+            None => name.clone(),
+        };
+        assert!(*value == frozen[&source], "the student's {name} is not the teacher's {source}");
+        assert!(ema[name] == frozen[&source], "the student's EMA {name} is not the teacher's {source}");
+        assert!(plain_student[name] != *value, "without the flag the student's {name} is the teacher's");
+    }
+    assert!(from_blocks > 10, "{from_blocks} block tensors");
+    // the heads still start from the seed
+    for (name, value) in plain_student.iter().filter(|(k, _)| k.contains("_head.")) {
+        assert!(student[name] == *value, "the student's {name} moved");
+    }
+    // it trains: a few steps, the loss falls
+    assert_loss_falls(state, &c, &data_dir);
+
+    // teachers that cannot lend their blocks are refused in one line, before a run starts
+    let mut student = c.clone();
+    student.distillation = None;
+    let config = dir.join("student.json");
+    write_config(&config, &student);
+    student.arch.depth = 4;
+    let deep = dir.join("deep-student.json");
+    write_config(&deep, &student);
+    let wide = teacher_run(&dir, s(&data_dir));
+    for (teacher, config, says) in [
+        (&wide, &config, "the teacher's width is 192, the student's 128"),
+        (&teacher, &deep, "the teacher has 3 blocks, the student 4"),
+    ] {
+        let out = dir.join("refused");
+        refused(
+            &[
+                "distill",
+                "--teacher",
+                s(teacher),
+                "--config",
+                s(config),
+                "--data",
+                s(&data_dir),
+                "--out",
+                s(&out),
+                "--init-backbone-from-teacher",
+            ],
+            says,
+        );
+        assert!(!out.join(trainer::CHECKPOINT).exists());
+    }
 }
 
 /// A scratch folder `name` holding 12 images (`seed`) and a teacher run on them: the folder,
