@@ -20,6 +20,7 @@
 # INIT_BACKBONE=1 distils with `--init-backbone-from-teacher` (the student's backbone starts as
 # the teacher's, its blocks taken evenly from a deeper teacher of the student's width, as
 # DistilBERT does; e.g. 4 of the depth-6 teacher's 6 blocks).
+# SEED (default 0) seeds both students (their initialisation, crops and masks).
 # AUG (official, mild or milder; scripts/tiny_variants.py) swaps both students' augmentations:
 # the same recipe for both, the patch-7 tiny preset's own by default. AUG=preset runs both
 # students with the current tiny preset as it is (patch 14; the pair of 2026-12-02). OUT (default runs) holds the two
@@ -46,11 +47,11 @@ mkdir -p "$out"
 # (no teacher-temperature warm-up: the teacher is trained), its heads' prototypes and teacher
 # filled in by `distill` from the teacher run
 $bin train --preset tiny --print-config > "$out/scratch.json"
-PYTHONPATH=scripts python3 - "$out" "$aug" <<'PY'
+PYTHONPATH=scripts python3 - "$out" "$aug" "${SEED:-0}" <<'PY'
 import json, sys
 from tiny_variants import AUGMENTATIONS, PATCH7, rewrite
-out, aug = sys.argv[1:]
-rewrite(f"{out}/scratch.json", {} if aug == "preset" else {**PATCH7, **AUGMENTATIONS[aug]})
+out, aug, seed = sys.argv[1:]
+rewrite(f"{out}/scratch.json", {"seed": int(seed), **({} if aug == "preset" else {**PATCH7, **AUGMENTATIONS[aug]})})
 c = json.load(open(f"{out}/scratch.json"))
 json.dump(c, open(f"{out}/distill.json", "w"), indent=1)
 rewrite(f"{out}/distill.json", {"drop_path_rate": 0.0, "warmup_teacher_temp": c["teacher_temp"]})
