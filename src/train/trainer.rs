@@ -1610,9 +1610,10 @@ pub fn backbone_from_teacher(student: SslModel, teacher: &SslModel, path: &Path)
     let blocks = teacher_blocks(student.backbone.config.depth, teacher.backbone.config.depth);
     let mut values = std::collections::BTreeMap::new();
     for (name, value) in named_params(&teacher.backbone)? {
-        match name.strip_prefix("blocks.").and_then(|rest| rest.split_once('.')) {
+        let block = name.strip_prefix("blocks.").and_then(|rest| rest.split_once('.'));
+        match block.and_then(|(j, tail)| Some((j.parse::<usize>().ok()?, tail))) {
             Some((j, tail)) => {
-                for (i, _) in blocks.iter().enumerate().filter(|(_, b)| b.to_string() == j) {
+                for (i, _) in blocks.iter().enumerate().filter(|&(_, &b)| b == j) {
                     values.insert(format!("blocks.{i}.{tail}"), value.clone());
                 }
             }
@@ -1653,11 +1654,17 @@ pub fn check_teacher_backbone(
     } else {
         None
     };
+    refuse_teacher(
+        path,
+        "--init-backbone-from-teacher needs the student's architecture, as deep or deeper",
+        differs,
+    )
+}
+
+/// `Ok` where `differs` is `None`, else the one-line usage error `PATH: needs: why`.
+fn refuse_teacher(path: &Path, needs: &str, differs: Option<String>) -> Result<()> {
     match differs {
-        Some(why) => Err(Error::Usage(format!(
-            "{}: --init-backbone-from-teacher needs the student's architecture, as deep or deeper: {why}",
-            path.display()
-        ))),
+        Some(why) => Err(Error::Usage(format!("{}: {needs}: {why}", path.display()))),
         None => Ok(()),
     }
 }
@@ -1681,13 +1688,7 @@ pub fn check_teacher_heads(path: &Path, teacher: &TrainConfig, c: &TrainConfig) 
     } else {
         None
     };
-    match differs {
-        Some(why) => Err(Error::Usage(format!(
-            "{}: --init-heads-from-teacher needs heads of the student's shapes: {why}",
-            path.display()
-        ))),
-        None => Ok(()),
-    }
+    refuse_teacher(path, "--init-heads-from-teacher needs heads of the student's shapes", differs)
 }
 
 /// The architecture of distillation's teacher at `path` (a run's from its header, a
