@@ -13,6 +13,11 @@
 //!   1250 iterations of 128 images.
 //! - The head with the best top-1 on a held-out part of the training set is chosen (the
 //!   official script picks on its validation set); every head's test top-1 is reported.
+//! - Beyond the official sweep, `eval linear --grid` adds two settings whose heads see the last
+//!   block's patch tokens average-pooled to a 2 × 2 grid (torch's `adaptive_avg_pool2d(·, 2)`
+//!   bins), the four cells concatenated, instead of pooled to one: a linear head can then weigh
+//!   where in the image a feature is. On the tiny preset at 28 px (a 2 × 2 patch grid) the
+//!   cells are the patch tokens themselves.
 //! - The official training transform flips each image at random (with a random resized crop,
 //!   which cached features cannot follow): when the mirrored images' features are cached too
 //!   (`eval linear --flip`), each training sample of each iteration is taken as is or mirrored,
@@ -39,21 +44,38 @@ pub const LEARNING_RATES: [f64; 13] =
 /// The official momentum.
 pub const MOMENTUM: f64 = 0.9;
 
-/// What a head sees: the CLS tokens of the last `blocks` blocks, and the average-pooled patch
-/// tokens of the last block when `avgpool`.
+/// What a head sees: the CLS tokens of the last `blocks` blocks, then the average-pooled patch
+/// tokens of the last block when `avgpool`, then those tokens pooled to a 2 × 2 grid when
+/// `grid`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Setting {
     pub blocks: usize,
     pub avgpool: bool,
+    pub grid: bool,
 }
 
 /// The official sweep: last 1 or 4 blocks, with or without average pooling.
 pub const SETTINGS: [Setting; 4] = [
-    Setting { blocks: 1, avgpool: false },
-    Setting { blocks: 1, avgpool: true },
-    Setting { blocks: 4, avgpool: false },
-    Setting { blocks: 4, avgpool: true },
+    Setting { blocks: 1, avgpool: false, grid: false },
+    Setting { blocks: 1, avgpool: true, grid: false },
+    Setting { blocks: 4, avgpool: false, grid: false },
+    Setting { blocks: 4, avgpool: true, grid: false },
 ];
+
+/// Added by `--grid` (not official): last 1 or 4 blocks with the 2 × 2 grid of pooled patch
+/// tokens (whose mean is the average pooling, so it is not appended again).
+pub const GRID_SETTINGS: [Setting; 2] =
+    [Setting { blocks: 1, avgpool: false, grid: true }, Setting { blocks: 4, avgpool: false, grid: true }];
+
+/// Cells per side of the pooled grid.
+pub const GRID: usize = 2;
+
+/// The rows (or columns) `start..end` of each of the [`GRID`] cells along a side of `len`
+/// patches: torch's adaptive average pooling bins, `floor(i·len/2) .. ceil((i+1)·len/2)`
+/// (overlapping where `len` is odd, the one patch twice where `len` is 1).
+pub fn grid_bins(len: usize) -> [(usize, usize); GRID] {
+    std::array::from_fn(|i| (i * len / GRID, ((i + 1) * len).div_ceil(GRID)))
+}
 
 /// Cached frozen features of `n` images.
 #[derive(Clone, Debug)]
@@ -66,39 +88,61 @@ pub struct ProbeFeatures {
     pub cls: Vec<f32>,
     /// `[n, d]`: the mean of the last block's patch tokens.
     pub avgpool: Vec<f32>,
+    /// `[n, 4, d]`: the means of the last block's patch tokens in each cell of the 2 × 2 grid
+    /// (row-major: top left, top right, bottom left, bottom right).
+    pub grid: Vec<f32>,
 }
 
 impl ProbeFeatures {
     /// From block outputs: `cls[j]` `[n, d]` for the last blocks (oldest first) and the last
-    /// block's patch tokens `[n, p, d]`.
-    pub fn from_blocks(cls: &[Vec<f32>], last_patches: &[f32], n: usize, d: usize) -> Result<Self> {
+    /// block's patch tokens `[n, h, w, d]` (`grid` = `(h, w)`).
+    pub fn from_blocks(
+        cls: &[Vec<f32>],
+        last_patches: &[f32],
+        n: usize,
+        d: usize,
+        (h, w): (usize, usize),
+    ) -> Result<Self> {
+        let p = h * w;
         if cls.is_empty()
             || cls.iter().any(|c| c.len() != n * d)
             || n == 0
-            || !last_patches.len().is_multiple_of(n * d)
+            || last_patches.len() != n * p * d
+            || p == 0
         {
             return Err(Error::Shape(format!(
-                "probe features: {} CLS blocks and {} patch values do not fit {n} images of width {d}",
+                "probe features: {} CLS blocks and {} patch values do not fit {n} images of width {d} and {h}x{w} patches",
                 cls.len(),
                 last_patches.len()
             )));
         }
-        let p = last_patches.len() / (n * d);
         let blocks = cls.len();
-        let mut out = Self { n, d, blocks, cls: vec![0.0; n * blocks * d], avgpool: vec![0.0; n * d] };
+        let mut cls_rows = vec![0.0; n * blocks * d];
+        let mut avgpool = vec![0.0; n * d];
+        let mut grid = vec![0.0; n * GRID * GRID * d];
+        let mean_into = |out: &mut [f32], image: usize, rows: (usize, usize), cols: (usize, usize)| {
+            let count = ((rows.1 - rows.0) * (cols.1 - cols.0)) as f32;
+            for y in rows.0..rows.1 {
+                for x in cols.0..cols.1 {
+                    let t = (image * p + y * w + x) * d;
+                    out.iter_mut().zip(&last_patches[t..t + d]).for_each(|(a, v)| *a += v / count);
+                }
+            }
+        };
         for i in 0..n {
             for (j, block) in cls.iter().enumerate() {
-                out.cls[(i * blocks + j) * d..(i * blocks + j + 1) * d]
+                cls_rows[(i * blocks + j) * d..(i * blocks + j + 1) * d]
                     .copy_from_slice(&block[i * d..(i + 1) * d]);
             }
-            let pooled = &mut out.avgpool[i * d..(i + 1) * d];
-            for t in 0..p {
-                let token = &last_patches[(i * p + t) * d..(i * p + t + 1) * d];
-                pooled.iter_mut().zip(token).for_each(|(a, v)| *a += v);
+            mean_into(&mut avgpool[i * d..(i + 1) * d], i, (0, h), (0, w));
+            for (r, rows) in grid_bins(h).into_iter().enumerate() {
+                for (c, cols) in grid_bins(w).into_iter().enumerate() {
+                    let cell = (i * GRID * GRID + r * GRID + c) * d;
+                    mean_into(&mut grid[cell..cell + d], i, rows, cols);
+                }
             }
-            pooled.iter_mut().for_each(|a| *a /= p.max(1) as f32);
         }
-        Ok(out)
+        Ok(Self { n, d, blocks, cls: cls_rows, avgpool, grid })
     }
 
     /// The features of every image of `data`, resized (shorter side) and centre-cropped to
@@ -115,7 +159,7 @@ impl ProbeFeatures {
         let d = model.config.embed_dim;
         let blocks = SETTINGS.iter().map(|s| s.blocks).max().unwrap_or(1).min(model.config.depth);
         let mut cls = vec![Vec::new(); blocks];
-        let mut patches = Vec::new();
+        let (mut avgpool, mut grid) = (Vec::new(), Vec::new());
         super::knn::for_each_batch(data, size, model.config.patch_size, batch_size, device, |images| {
             let n = images.dims()[0];
             let images = if mirror { images.flip([3]) } else { images };
@@ -123,26 +167,50 @@ impl ProbeFeatures {
             for (j, f) in outputs.iter().enumerate() {
                 cls[j].extend(to_host(f.cls.clone())?);
             }
-            let last = outputs.last().expect("at least one block");
-            patches.extend(to_host(last.patch.clone().mean_dim(1).mean_dim(2).reshape([n, d]))?);
+            let patch = outputs.last().expect("at least one block").patch.clone();
+            let [_, h, w, _] = patch.dims();
+            avgpool.extend(to_host(patch.clone().mean_dim(1).mean_dim(2).reshape([n, d]))?);
+            let mut cells = Vec::with_capacity(GRID * GRID);
+            for (y0, y1) in grid_bins(h) {
+                for (x0, x1) in grid_bins(w) {
+                    let cell = patch.clone().narrow(1, y0, y1 - y0).narrow(2, x0, x1 - x0);
+                    cells.push(cell.mean_dim(1).mean_dim(2).reshape([n, 1, d]));
+                }
+            }
+            grid.extend(to_host(Tensor::cat(cells, 1))?);
             bar.inc(n as u64);
             Ok(())
         })?;
-        // the patch mean is already taken on the device: one "patch" per image
-        Self::from_blocks(&cls, &patches, data.len(), d)
+        let n = data.len();
+        if cls.iter().any(|c| c.len() != n * d) || avgpool.len() != n * d || grid.len() != n * GRID * GRID * d
+        {
+            return Err(Error::Shape(format!("probe features: the features of {n} images came out short")));
+        }
+        let mut rows = vec![0.0; n * blocks * d];
+        for i in 0..n {
+            for (j, block) in cls.iter().enumerate() {
+                rows[(i * blocks + j) * d..(i * blocks + j + 1) * d]
+                    .copy_from_slice(&block[i * d..(i + 1) * d]);
+            }
+        }
+        Ok(Self { n, d, blocks, cls: rows, avgpool, grid })
     }
 
     /// The input of a head (official `create_linear_input`): `[n, dim]` and `dim`. A setting
     /// asking for more blocks than were kept uses all of them.
     pub fn input(&self, setting: Setting) -> (Vec<f32>, usize) {
         let (d, blocks) = (self.d, setting.blocks.min(self.blocks));
-        let dim = d * blocks + if setting.avgpool { d } else { 0 };
+        let dim =
+            d * blocks + if setting.avgpool { d } else { 0 } + if setting.grid { GRID * GRID * d } else { 0 };
         let mut out = Vec::with_capacity(self.n * dim);
         for i in 0..self.n {
             let start = (i * self.blocks + self.blocks - blocks) * d;
             out.extend_from_slice(&self.cls[start..start + blocks * d]);
             if setting.avgpool {
                 out.extend_from_slice(&self.avgpool[i * d..(i + 1) * d]);
+            }
+            if setting.grid {
+                out.extend_from_slice(&self.grid[i * GRID * GRID * d..(i + 1) * GRID * GRID * d]);
             }
         }
         (out, dim)
@@ -267,6 +335,8 @@ pub struct ProbeOptions {
     pub learning_rates: Vec<f64>,
     /// The part of the training images held out to choose the head.
     pub val_fraction: f64,
+    /// Also sweep [`GRID_SETTINGS`] (not official).
+    pub grid: bool,
     pub seed: u64,
 }
 
@@ -277,6 +347,7 @@ impl Default for ProbeOptions {
             batch_size: 128,
             learning_rates: LEARNING_RATES.to_vec(),
             val_fraction: 0.1,
+            grid: false,
             seed: 0,
         }
     }
@@ -287,6 +358,7 @@ impl Default for ProbeOptions {
 pub struct HeadResult {
     pub blocks: usize,
     pub avgpool: bool,
+    pub grid: bool,
     /// The learning rate before scaling (as in the official sweep's names).
     pub lr: f64,
     pub val_top1: f64,
@@ -361,7 +433,7 @@ pub fn train_probes(
     let lrs: Vec<f64> = options.learning_rates.iter().map(|lr| lr * scale).collect();
 
     let mut settings: Vec<Setting> = Vec::new();
-    for s in SETTINGS {
+    for s in SETTINGS.into_iter().chain(options.grid.then_some(GRID_SETTINGS).into_iter().flatten()) {
         let effective = Setting { blocks: s.blocks.min(train.blocks), ..s };
         if !settings.contains(&effective) {
             settings.push(effective);
@@ -418,6 +490,7 @@ pub fn train_probes(
             heads.push(HeadResult {
                 blocks: setting.blocks,
                 avgpool: setting.avgpool,
+                grid: setting.grid,
                 lr: *lr,
                 val_top1: val_top1[h],
                 test_top1: test_top1[h],
@@ -439,7 +512,7 @@ pub fn train_probes(
 pub fn best_per_setting(report: &ProbeReport) -> Vec<HeadResult> {
     let mut out: Vec<HeadResult> = Vec::new();
     for h in &report.heads {
-        match out.iter_mut().find(|b| b.blocks == h.blocks && b.avgpool == h.avgpool) {
+        match out.iter_mut().find(|b| (b.blocks, b.avgpool, b.grid) == (h.blocks, h.avgpool, h.grid)) {
             Some(b) if b.val_top1 >= h.val_top1 => {}
             Some(b) => *b = h.clone(),
             None => out.push(h.clone()),

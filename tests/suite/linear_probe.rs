@@ -3,7 +3,8 @@
 
 use burn::tensor::{Tensor, TensorData};
 use dinov2_wgpu::eval::linear::{
-    LinearHeads, ProbeFeatures, ProbeOptions, SETTINGS, Setting, cosine_factor, train_probes,
+    GRID_SETTINGS, LinearHeads, ProbeFeatures, ProbeOptions, SETTINGS, Setting, cosine_factor, grid_bins,
+    train_probes,
 };
 use indicatif::ProgressBar;
 
@@ -25,7 +26,7 @@ fn linear_heads_train_as_the_official_probe() {
     let (iterations, batch) = (batch_shape[0], batch_shape[1]);
     let lrs = [0.01, 0.3, 2.0];
     let classes = 3;
-    let features = ProbeFeatures::from_blocks(&cls, &patch, n, d).unwrap();
+    let features = ProbeFeatures::from_blocks(&cls, &patch, n, d, (1, patch_shape[1])).unwrap();
     for setting in SETTINGS {
         let s = format!("{}_{}", setting.blocks, setting.avgpool as u8);
         // the head's input (official create_linear_input)
@@ -114,7 +115,7 @@ fn clusters(n: usize, seed: u64, shuffle_labels: bool) -> (ProbeFeatures, Vec<us
             labels.swap(i, j);
         }
     }
-    (ProbeFeatures::from_blocks(&cls, &patch, n * classes, d).unwrap(), labels)
+    (ProbeFeatures::from_blocks(&cls, &patch, n * classes, d, (1, 1)).unwrap(), labels)
 }
 
 #[test]
@@ -138,8 +139,9 @@ fn linear_probe_separates_synthetic_classes_and_not_random_labels() {
         train_probes(&train, None, &train_labels, &test, &test_labels, &options, &device, &bar).unwrap();
     assert!(report.chosen.test_top1 < 0.3, "{:?}", report.chosen);
     // a setting's input is CLS of the last blocks (+ pooled patches)
-    assert_eq!(train.input(Setting { blocks: 4, avgpool: true }).1, 5 * 32);
-    assert_eq!(train.input(Setting { blocks: 1, avgpool: false }).1, 32);
+    assert_eq!(train.input(Setting { blocks: 4, avgpool: true, grid: false }).1, 5 * 32);
+    assert_eq!(train.input(Setting { blocks: 1, avgpool: false, grid: false }).1, 32);
+    assert_eq!(train.input(Setting { blocks: 4, avgpool: false, grid: true }).1, 8 * 32);
 }
 
 #[test]
@@ -198,6 +200,7 @@ fn mirrored_features_are_the_features_of_the_mirror_images() {
     let host_mirrored = extract(&mirror, false);
     assert_close("mirrored CLS", &flipped.cls, &host_mirrored.cls, 1e-5);
     assert_close("mirrored pooled patches", &flipped.avgpool, &host_mirrored.avgpool, 1e-5);
+    assert_close("mirrored grid", &flipped.grid, &host_mirrored.grid, 1e-5);
     // and the images as they are give other features
     let as_is = extract(&plain, false);
     let diff = as_is.cls.iter().zip(&flipped.cls).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
@@ -241,6 +244,7 @@ fn eval_linear_from_the_command_line() {
         "--val-fraction",
         "0.25",
         "--flip",
+        "--grid",
         "--quiet",
         "--backend",
         "ndarray",
@@ -252,8 +256,10 @@ fn eval_linear_from_the_command_line() {
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(stdout.contains("chosen: last"), "{stdout}");
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(v["heads"].as_array().unwrap().len(), 52, "{v}");
-    assert_eq!(v["best_per_setting"].as_array().unwrap().len(), 4, "{v}");
+    // the official 4 settings and the 2 of --grid, 13 learning rates each
+    assert_eq!(v["heads"].as_array().unwrap().len(), 78, "{v}");
+    assert_eq!(v["best_per_setting"].as_array().unwrap().len(), 6, "{v}");
+    assert_eq!(v["grid"], true, "{v}");
     assert_eq!(v["val_images"].as_u64(), Some(6));
     assert_eq!(v["flip"], true, "{v}");
     assert_eq!(v["top1"], v["chosen"]["test_top1"]);
@@ -274,4 +280,111 @@ fn eval_linear_from_the_command_line() {
         assert_eq!(stderr.lines().count(), 1, "{flag} {value}: {stderr}");
         assert!(!bad.exists());
     }
+}
+
+#[test]
+fn grid_cells_pool_the_last_blocks_patch_tokens() {
+    // torch's adaptive average pooling bins: halves of an even side, overlapping on an odd one
+    assert_eq!(grid_bins(2), [(0, 1), (1, 2)]);
+    assert_eq!(grid_bins(3), [(0, 2), (1, 3)]);
+    assert_eq!(grid_bins(1), [(0, 1), (0, 1)]);
+    let dir = Scratch::new("linear-grid");
+    let class_dir = dir.join("c");
+    std::fs::create_dir_all(&class_dir).unwrap();
+    for i in 0..3u32 {
+        let img = image::RgbImage::from_fn(28, 28, |x, y| {
+            let v = (x * 5 + y * y * (i + 2) + 17 * i) as u8;
+            image::Rgb([v, 255 - v / 3, v / 2])
+        });
+        img.save(class_dir.join(format!("{i}.png"))).unwrap();
+    }
+    let data = dinov2_wgpu::train::data::Dataset::open(s(&dir.0)).unwrap();
+    let device = ndarray_device();
+    let model =
+        dinov2_wgpu::model::DinoVisionTransformer::new(&crate::training::micro_config().arch, &device);
+    let (p, d) = (model.config.patch_size, model.config.embed_dim);
+    let bar = ProgressBar::hidden();
+    // 2x2 and 3x3 patch grids: the features cached on the device against the same pooling done
+    // on the host from every patch token of the last block
+    for side in [2, 3] {
+        let size = side * p;
+        let cached = ProbeFeatures::extract(&model, &data, size, 2, false, &device, &bar).unwrap();
+        let (mut cls, mut patches) = (vec![Vec::new(); cached.blocks], Vec::new());
+        dinov2_wgpu::eval::knn::for_each_batch(&data, size, p, 2, &device, |images| {
+            let outputs = model.forward_last_blocks(images, cached.blocks);
+            for (j, f) in outputs.iter().enumerate() {
+                cls[j].extend(f.cls.clone().into_data().try_to_vec::<f32>().unwrap());
+            }
+            let last = outputs.last().unwrap().patch.clone();
+            patches.extend(last.into_data().try_to_vec::<f32>().unwrap());
+            Ok(())
+        })
+        .unwrap();
+        let host = ProbeFeatures::from_blocks(&cls, &patches, data.len(), d, (side, side)).unwrap();
+        assert_close(&format!("{side}x{side} CLS"), &cached.cls, &host.cls, 1e-5);
+        assert_close(&format!("{side}x{side} avgpool"), &cached.avgpool, &host.avgpool, 1e-5);
+        assert_close(&format!("{side}x{side} grid"), &cached.grid, &host.grid, 1e-5);
+        if side == 2 {
+            // one patch per cell: the cells are the patch tokens themselves
+            assert_close("2x2 grid = patch tokens", &cached.grid, &patches, 1e-5);
+        } else {
+            // the middle row and column count in both halves: cell (0, 0) is the mean of the
+            // top-left 2x2 tokens
+            let token = |i: usize, y: usize, x: usize| &patches[((i * 9) + y * 3 + x) * d..][..d];
+            let expected: Vec<f32> = (0..d)
+                .map(|k| {
+                    (token(1, 0, 0)[k] + token(1, 0, 1)[k] + token(1, 1, 0)[k] + token(1, 1, 1)[k]) / 4.0
+                })
+                .collect();
+            assert_close("3x3 cell (0, 0)", &cached.grid[4 * d..5 * d], &expected, 1e-5);
+        }
+    }
+}
+
+/// `n` images per class of 4 classes whose class is which cell of the 2x2 patch grid carries a
+/// signal: the pooled mean and the CLS are the same for every class, up to noise.
+fn where_features(n: usize, seed: u64) -> (ProbeFeatures, Vec<usize>) {
+    let (classes, d) = (4, 16);
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut noise = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        ((state >> 11) as f64 / (1u64 << 53) as f64 - 0.5) as f32 * 0.4
+    };
+    let signal: Vec<f32> = (0..d).map(|k| if k % 2 == 0 { 1.0 } else { -1.0 }).collect();
+    let (mut cls, mut patches, mut labels) = (vec![Vec::new(); 4], Vec::new(), Vec::new());
+    for i in 0..n * classes {
+        let k = i % classes;
+        labels.push(k);
+        for block in cls.iter_mut() {
+            block.extend((0..d).map(|_| noise()));
+        }
+        for cell in 0..4 {
+            patches.extend(signal.iter().map(|&v| if cell == k { v } else { 0.0 } + noise()));
+        }
+    }
+    (ProbeFeatures::from_blocks(&cls, &patches, n * classes, d, (2, 2)).unwrap(), labels)
+}
+
+#[test]
+fn grid_heads_see_where_a_feature_is_and_the_official_ones_do_not() {
+    let device = ndarray_device();
+    let (train, train_labels) = where_features(100, 1);
+    let (test, test_labels) = where_features(50, 2);
+    let bar = ProgressBar::hidden();
+    let options = ProbeOptions { iterations: 300, batch_size: 64, grid: true, ..ProbeOptions::default() };
+    let report =
+        train_probes(&train, None, &train_labels, &test, &test_labels, &options, &device, &bar).unwrap();
+    let lrs = options.learning_rates.len();
+    assert_eq!(report.heads.len(), (SETTINGS.len() + GRID_SETTINGS.len()) * lrs);
+    assert!(report.chosen.grid && report.chosen.test_top1 >= 0.99, "{:?}", report.chosen);
+    let official = report.heads.iter().filter(|h| !h.grid).map(|h| h.test_top1).fold(0.0, f64::max);
+    assert!(official < 0.5, "a head without the grid reached {official}");
+    // without --grid only the official settings are trained
+    let options = ProbeOptions { grid: false, ..options };
+    let report =
+        train_probes(&train, None, &train_labels, &test, &test_labels, &options, &device, &bar).unwrap();
+    assert_eq!(report.heads.len(), SETTINGS.len() * lrs);
+    assert!(report.heads.iter().all(|h| !h.grid));
 }
