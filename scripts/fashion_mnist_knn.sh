@@ -3,7 +3,8 @@
 # train (60k images, labels unused) on a schedule fitted to 60 minutes, then the official k-NN
 # protocol on test (10k) with train as memory, for the trained teacher, the same network at
 # initialisation, and raw pixels; a learning curve from the teacher kept at every checkpoint
-# (k-NN on the first 10k train / 2k test images); and the linear probe of the trained teacher.
+# (k-NN on the first 10k train / 2k test images); and the linear probe of the trained teacher,
+# with the official sweep and with the 2x2 grid of patch tokens added (--grid).
 #
 #   bash scripts/fashion_mnist_knn.sh [RUN_DIR]        # needs: apt-get install dataset-fashion-mnist
 set -euo pipefail
@@ -21,3 +22,5 @@ echo "== curve (first 10k train / 2k test)"
 knn_curve "$run"
 echo "== trained teacher, linear probe"
 $bin eval linear --weights "$run" --train fashion-mnist-train --test fashion-mnist-test --json "$run/linear_trained.json"
+echo "== trained teacher, linear probe with the 2x2 grid of patch tokens"
+$bin eval linear --weights "$run" --train fashion-mnist-train --test fashion-mnist-test --grid --json "$run/linear_grid.json"
