@@ -117,7 +117,6 @@ impl ProbeFeatures {
             )));
         }
         let blocks = cls.len();
-        let mut cls_rows = vec![0.0; n * blocks * d];
         let mut avgpool = vec![0.0; n * d];
         let mut grid = vec![0.0; n * GRID * GRID * d];
         let mean_into = |out: &mut [f32], image: usize, rows: (usize, usize), cols: (usize, usize)| {
@@ -130,10 +129,6 @@ impl ProbeFeatures {
             }
         };
         for i in 0..n {
-            for (j, block) in cls.iter().enumerate() {
-                cls_rows[(i * blocks + j) * d..(i * blocks + j + 1) * d]
-                    .copy_from_slice(&block[i * d..(i + 1) * d]);
-            }
             mean_into(&mut avgpool[i * d..(i + 1) * d], i, (0, h), (0, w));
             for (r, rows) in grid_bins(h).into_iter().enumerate() {
                 for (c, cols) in grid_bins(w).into_iter().enumerate() {
@@ -142,7 +137,7 @@ impl ProbeFeatures {
                 }
             }
         }
-        Ok(Self { n, d, blocks, cls: cls_rows, avgpool, grid })
+        Ok(Self { n, d, blocks, cls: interleave(cls, n, d), avgpool, grid })
     }
 
     /// The features of every image of `data`, resized (shorter side) and centre-cropped to
@@ -186,14 +181,7 @@ impl ProbeFeatures {
         {
             return Err(Error::Shape(format!("probe features: the features of {n} images came out short")));
         }
-        let mut rows = vec![0.0; n * blocks * d];
-        for i in 0..n {
-            for (j, block) in cls.iter().enumerate() {
-                rows[(i * blocks + j) * d..(i * blocks + j + 1) * d]
-                    .copy_from_slice(&block[i * d..(i + 1) * d]);
-            }
-        }
-        Ok(Self { n, d, blocks, cls: rows, avgpool, grid })
+        Ok(Self { n, d, blocks, cls: interleave(&cls, n, d), avgpool, grid })
     }
 
     /// The input of a head (official `create_linear_input`): `[n, dim]` and `dim`. A setting
@@ -215,6 +203,17 @@ impl ProbeFeatures {
         }
         (out, dim)
     }
+}
+
+/// Per-block rows `blocks[j]` `[n, d]` as one `[n, blocks, d]` array.
+fn interleave(blocks: &[Vec<f32>], n: usize, d: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n * blocks.len() * d);
+    for i in 0..n {
+        for block in blocks {
+            out.extend_from_slice(&block[i * d..(i + 1) * d]);
+        }
+    }
+    out
 }
 
 /// Linear heads over one input, each with its own learning rate, trained together by SGD with

@@ -72,29 +72,33 @@ fn linear_heads_train_as_the_official_probe() {
     }
 }
 
-/// `n` points per class around 10 random centres in 32 dimensions, 4 "blocks" of noisy copies.
-fn clusters(n: usize, seed: u64, shuffle_labels: bool) -> (ProbeFeatures, Vec<usize>) {
-    let (classes, d) = (10, 32);
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut uniform = move || {
+/// Uniform draws in [0, 1) from a xorshift stream keyed by `seed`.
+fn uniform_stream(seed: u64) -> impl FnMut() -> f64 {
+    uniform_stream_raw(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+}
+
+/// Uniform draws in [0, 1) from a xorshift stream starting at `state` (not 0).
+fn uniform_stream_raw(mut state: u64) -> impl FnMut() -> f64 {
+    move || {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
         (state >> 11) as f64 / (1u64 << 53) as f64
-    };
+    }
+}
+
+/// `n` points per class around 10 random centres in 32 dimensions, 4 "blocks" of noisy copies.
+fn clusters(n: usize, seed: u64, shuffle_labels: bool) -> (ProbeFeatures, Vec<usize>) {
+    let (classes, d) = (10, 32);
+    let mut uniform = uniform_stream(seed);
     let mut normal = move || {
         let (a, b) = (uniform().max(1e-12), uniform());
         ((-2.0 * a.ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos()) as f32
     };
     // the centres come from a fixed stream: train and test share them
     let mut centre_rng = {
-        let mut st = 0x5eed_u64;
-        move || {
-            st ^= st << 13;
-            st ^= st >> 7;
-            st ^= st << 17;
-            ((st >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
-        }
+        let mut stream = uniform_stream_raw(0x5eed);
+        move || (stream() * 2.0 - 1.0) as f32
     };
     let centres: Vec<f32> = (0..classes * d).map(|_| 2.0 * centre_rng()).collect();
     let mut labels = Vec::new();
@@ -109,6 +113,8 @@ fn clusters(n: usize, seed: u64, shuffle_labels: bool) -> (ProbeFeatures, Vec<us
         patch.extend((0..d).map(|_| normal()));
     }
     if shuffle_labels {
+        // a second stream from the same seed
+        let mut uniform = uniform_stream(seed);
         let m = labels.len();
         for i in (1..m).rev() {
             let j = (uniform() * (i + 1) as f64) as usize % (i + 1);
@@ -345,13 +351,8 @@ fn grid_cells_pool_the_last_blocks_patch_tokens() {
 /// signal: the pooled mean and the CLS are the same for every class, up to noise.
 fn where_features(n: usize, seed: u64) -> (ProbeFeatures, Vec<usize>) {
     let (classes, d) = (4, 16);
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut noise = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        ((state >> 11) as f64 / (1u64 << 53) as f64 - 0.5) as f32 * 0.4
-    };
+    let mut uniform = uniform_stream(seed);
+    let mut noise = move || (uniform() - 0.5) as f32 * 0.4;
     let signal: Vec<f32> = (0..d).map(|k| if k % 2 == 0 { 1.0 } else { -1.0 }).collect();
     let (mut cls, mut patches, mut labels) = (vec![Vec::new(); 4], Vec::new(), Vec::new());
     for i in 0..n * classes {
