@@ -1051,7 +1051,8 @@ fn linear_command(args: LinearArgs) -> Result<()> {
     let bar =
         quiet_or(args.sets.quiet, progress_bar(train.len() * (1 + flip as usize) + test.len(), "features"));
     let extract = |data, mirror| {
-        ProbeFeatures::extract(&model, data, size, args.feature_batch_size, mirror, &device, &bar)
+        let cache = crate::eval::linear::Cache { mirror, grid: args.grid };
+        ProbeFeatures::extract(&model, data, size, args.feature_batch_size, cache, &device, &bar)
     };
     let train_features = extract(&train, false)?;
     let mirrored = if flip { Some(extract(&train, true)?) } else { None };

@@ -77,6 +77,15 @@ pub fn grid_bins(len: usize) -> [(usize, usize); GRID] {
     std::array::from_fn(|i| (i * len / GRID, ((i + 1) * len).div_ceil(GRID)))
 }
 
+/// What [`ProbeFeatures::extract`] caches besides the official features.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cache {
+    /// The features of the mirror images (left-right) instead of the images.
+    pub mirror: bool,
+    /// The 2 × 2 grid of pooled patch tokens (`--grid`).
+    pub grid: bool,
+}
+
 /// Cached frozen features of `n` images.
 #[derive(Clone, Debug)]
 pub struct ProbeFeatures {
@@ -141,13 +150,14 @@ impl ProbeFeatures {
     }
 
     /// The features of every image of `data`, resized (shorter side) and centre-cropped to
-    /// `size` px, in batches of `batch_size`; of its mirror image (left-right) when `mirror`.
+    /// `size` px, in batches of `batch_size`; of its mirror image (left-right) when
+    /// `cache.mirror`; the 2 × 2 grid only when `cache.grid` (else `grid` is left empty).
     pub fn extract(
         model: &DinoVisionTransformer,
         data: &Dataset,
         size: usize,
         batch_size: usize,
-        mirror: bool,
+        cache: Cache,
         device: &Device,
         bar: &ProgressBar,
     ) -> Result<Self> {
@@ -157,7 +167,7 @@ impl ProbeFeatures {
         let (mut avgpool, mut grid) = (Vec::new(), Vec::new());
         super::knn::for_each_batch(data, size, model.config.patch_size, batch_size, device, |images| {
             let n = images.dims()[0];
-            let images = if mirror { images.flip([3]) } else { images };
+            let images = if cache.mirror { images.flip([3]) } else { images };
             let outputs = model.forward_last_blocks(images, blocks);
             for (j, f) in outputs.iter().enumerate() {
                 cls[j].extend(to_host(f.cls.clone())?);
@@ -165,19 +175,23 @@ impl ProbeFeatures {
             let patch = outputs.last().expect("at least one block").patch.clone();
             let [_, h, w, _] = patch.dims();
             avgpool.extend(to_host(patch.clone().mean_dim(1).mean_dim(2).reshape([n, d]))?);
-            let mut cells = Vec::with_capacity(GRID * GRID);
-            for (y0, y1) in grid_bins(h) {
-                for (x0, x1) in grid_bins(w) {
-                    let cell = patch.clone().narrow(1, y0, y1 - y0).narrow(2, x0, x1 - x0);
-                    cells.push(cell.mean_dim(1).mean_dim(2).reshape([n, 1, d]));
+            if cache.grid {
+                let mut cells = Vec::with_capacity(GRID * GRID);
+                for (y0, y1) in grid_bins(h) {
+                    for (x0, x1) in grid_bins(w) {
+                        let cell = patch.clone().narrow(1, y0, y1 - y0).narrow(2, x0, x1 - x0);
+                        cells.push(cell.mean_dim(1).mean_dim(2).reshape([n, 1, d]));
+                    }
                 }
+                grid.extend(to_host(Tensor::cat(cells, 1))?);
             }
-            grid.extend(to_host(Tensor::cat(cells, 1))?);
             bar.inc(n as u64);
             Ok(())
         })?;
         let n = data.len();
-        if cls.iter().any(|c| c.len() != n * d) || avgpool.len() != n * d || grid.len() != n * GRID * GRID * d
+        if cls.iter().any(|c| c.len() != n * d)
+            || avgpool.len() != n * d
+            || grid.len() != if cache.grid { n * GRID * GRID * d } else { 0 }
         {
             return Err(Error::Shape(format!("probe features: the features of {n} images came out short")));
         }
@@ -420,6 +434,10 @@ pub fn train_probes(
             "mirrored features: {} images of width {} ({} blocks), train: {} of width {} ({} blocks)",
             m.n, m.d, m.blocks, train.n, train.d, train.blocks
         )));
+    }
+    let has_grid = |f: &ProbeFeatures| f.grid.len() == f.n * GRID * GRID * f.d;
+    if options.grid && !(has_grid(train) && has_grid(test) && mirrored.is_none_or(has_grid)) {
+        return Err(Error::Usage("the grid settings need the features cached with their 2x2 grid".into()));
     }
     let classes = train_labels.iter().chain(test_labels).max().map_or(0, |m| m + 1);
     let mut order: Vec<usize> = (0..train.n).collect();

@@ -3,8 +3,8 @@
 
 use burn::tensor::{Tensor, TensorData};
 use dinov2_wgpu::eval::linear::{
-    GRID_SETTINGS, LinearHeads, ProbeFeatures, ProbeOptions, SETTINGS, Setting, cosine_factor, grid_bins,
-    train_probes,
+    Cache, GRID_SETTINGS, LinearHeads, ProbeFeatures, ProbeOptions, SETTINGS, Setting, cosine_factor,
+    grid_bins, train_probes,
 };
 use indicatif::ProgressBar;
 
@@ -201,7 +201,9 @@ fn mirrored_features_are_the_features_of_the_mirror_images() {
     let model =
         dinov2_wgpu::model::DinoVisionTransformer::new(&crate::training::micro_config().arch, &device);
     let bar = ProgressBar::hidden();
-    let extract = |data, flip| ProbeFeatures::extract(&model, data, 28, 2, flip, &device, &bar).unwrap();
+    let extract = |data, mirror| {
+        ProbeFeatures::extract(&model, data, 28, 2, Cache { mirror, grid: true }, &device, &bar).unwrap()
+    };
     let flipped = extract(&plain, true);
     let host_mirrored = extract(&mirror, false);
     assert_close("mirrored CLS", &flipped.cls, &host_mirrored.cls, 1e-5);
@@ -314,7 +316,15 @@ fn grid_cells_pool_the_last_blocks_patch_tokens() {
     // on the host from every patch token of the last block
     for side in [2, 3] {
         let size = side * p;
-        let cached = ProbeFeatures::extract(&model, &data, size, 2, false, &device, &bar).unwrap();
+        let cache = Cache { mirror: false, grid: true };
+        let cached = ProbeFeatures::extract(&model, &data, size, 2, cache, &device, &bar).unwrap();
+        // without --grid the cells are not cached, and the grid settings are refused
+        let plain = ProbeFeatures::extract(&model, &data, size, 2, Cache::default(), &device, &bar).unwrap();
+        assert!(plain.grid.is_empty());
+        assert_close(&format!("{side}x{side} CLS without the grid"), &plain.cls, &cached.cls, 0.0);
+        let grid_options = ProbeOptions { iterations: 1, grid: true, ..ProbeOptions::default() };
+        let err = train_probes(&plain, None, &[0, 1, 0], &plain, &[0, 1, 0], &grid_options, &device, &bar);
+        assert!(err.is_err_and(|e| e.to_string().contains("2x2 grid")));
         let (mut cls, mut patches) = (vec![Vec::new(); cached.blocks], Vec::new());
         dinov2_wgpu::eval::knn::for_each_batch(&data, size, p, 2, &device, |images| {
             let outputs = model.forward_last_blocks(images, cached.blocks);
