@@ -1448,9 +1448,10 @@ fn build_teacher_cache(
     Ok(())
 }
 
-/// Steps of a speed probe not timed (the first compile kernels and fill caches), and the most
-/// that are timed.
-const PROBE_UNTIMED: usize = 3;
+/// Steps of a speed probe not timed (the first compile kernels, grow memory pools and fill
+/// caches: with 3 of them the probe timed 2 CPU cores 7-15 % slower than the run then went, and
+/// `--fit-minutes 3` ended at 2.5 min, `--fit-minutes 60` at 52), and the most that are timed.
+const PROBE_UNTIMED: usize = 10;
 const PROBE_TIMED: usize = 20;
 /// The share of the time left that the fitted schedule plans for (checkpoints, slower steps).
 const FIT_SHARE: f64 = 0.95;
