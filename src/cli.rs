@@ -268,6 +268,10 @@ pub struct LinearArgs {
     /// The part of --train held out to choose the head.
     #[arg(long, default_value_t = 0.1)]
     pub val_fraction: f64,
+    /// The learning rates swept, comma-separated, before scaling by --batch-size / 256
+    /// (official: 1e-5,2e-5,5e-5,1e-4,2e-4,5e-4,1e-3,2e-3,5e-3,1e-2,2e-2,5e-2,0.1).
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub learning_rates: Option<Vec<f64>>,
     /// Cache the mirrored training images' features too and draw each sample as is or mirrored
     /// at random (the official training transform's random flip). Off by default: on
     /// Fashion-MNIST, whose shoes all face one way, it costs 0.4 points (BENCHMARKS.md).
@@ -1044,6 +1048,11 @@ fn linear_command(args: LinearArgs) -> Result<()> {
             args.val_fraction
         )));
     }
+    let learning_rates =
+        args.learning_rates.clone().unwrap_or_else(|| crate::eval::linear::LEARNING_RATES.to_vec());
+    if let Some(lr) = learning_rates.iter().find(|lr| !(lr.is_finite() && **lr > 0.0)) {
+        return Err(Error::Usage(format!("--learning-rates must be positive numbers, not {lr}")));
+    }
     let (train, test, train_labels, test_labels) = args.sets.open()?;
     let (model, device, size) = eval_model(&args.sets, &args.backend)?;
     let started = Instant::now();
@@ -1071,6 +1080,7 @@ fn linear_command(args: LinearArgs) -> Result<()> {
         iterations: args.iterations,
         batch_size: args.batch_size,
         val_fraction: args.val_fraction,
+        learning_rates: learning_rates.clone(),
         grid: args.grid,
         ..ProbeOptions::default()
     };
@@ -1128,6 +1138,15 @@ fn linear_command(args: LinearArgs) -> Result<()> {
         c.lr,
         100.0 * c.test_top1
     );
+    let (lowest, highest) =
+        learning_rates.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &lr| (lo.min(lr), hi.max(lr)));
+    if learning_rates.len() > 1 && (c.lr == lowest || c.lr == highest) {
+        eprintln!(
+            "note: the chosen learning rate {:.0e} is the {} of the sweep; a wider --learning-rates may do better",
+            c.lr,
+            if c.lr == highest { "largest" } else { "smallest" }
+        );
+    }
     if let Some(path) = &args.json {
         let value = serde_json::json!({
             "top1": c.test_top1,
@@ -1136,6 +1155,7 @@ fn linear_command(args: LinearArgs) -> Result<()> {
             "heads": report.heads,
             "iterations": args.iterations,
             "batch_size": args.batch_size,
+            "learning_rates": learning_rates,
             "flip": flip,
             "grid": args.grid,
             "train_images": report.train_images,

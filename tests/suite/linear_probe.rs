@@ -288,6 +288,27 @@ fn eval_linear_from_the_command_line() {
         assert_eq!(stderr.lines().count(), 1, "{flag} {value}: {stderr}");
         assert!(!bad.exists());
     }
+
+    // --learning-rates replaces the official 13 (6 settings x 2 heads); bad ones are refused
+    let mut narrow = args.to_vec();
+    narrow.extend(["--learning-rates", "0.01,0.5"]);
+    let run = dinov2(&narrow);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["heads"].as_array().unwrap().len(), 12, "{v}");
+    assert_eq!(v["learning_rates"], serde_json::json!([0.01, 0.5]), "{v}");
+    assert!(v["heads"].as_array().unwrap().iter().all(|h| h["lr"] == 0.01 || h["lr"] == 0.5), "{v}");
+    for value in ["0.01,0", "0.1,-1", "fast"] {
+        let mut args = args.to_vec();
+        let last = args.len() - 1;
+        args[last] = s(&bad);
+        args.extend(["--learning-rates", value]);
+        let run = dinov2(&args);
+        assert!(!run.status.success(), "--learning-rates {value}");
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(stderr.contains("learning-rates"), "--learning-rates {value}: {stderr}");
+        assert!(!bad.exists());
+    }
 }
 
 #[test]
