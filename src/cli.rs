@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Tensor};
 use clap::{Args, Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
 use crate::backend::{self, BackendKind};
 use crate::checkpoint::{LoadOptions, read_backbone};
@@ -236,9 +236,42 @@ pub struct EvalSetArgs {
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
+    /// Also write each test image's name, label and predicted class (per k, or the chosen
+    /// linear head) to this JSON file, for paired comparisons
+    /// (`scripts/paired_predictions.py`).
+    #[arg(long)]
+    pub predictions: Option<PathBuf>,
 }
 
 impl EvalSetArgs {
+    /// Fails early where an output file could not be written.
+    fn check_outputs(&self, json: Option<&PathBuf>) -> Result<()> {
+        json.into_iter().chain(&self.predictions).try_for_each(|p| check_output_dir(p))
+    }
+
+    /// `--predictions`: the test images, their labels and each named column of predictions.
+    fn write_predictions(
+        &self,
+        test: &Dataset,
+        labels: &[usize],
+        columns: &[(String, &[usize])],
+        protocol: &str,
+    ) -> Result<()> {
+        let Some(path) = &self.predictions else { return Ok(()) };
+        let images: Vec<String> = (0..test.len()).map(|i| test.item_name(i)).collect();
+        let predictions: serde_json::Map<String, serde_json::Value> =
+            columns.iter().map(|(name, p)| (name.clone(), serde_json::json!(p))).collect();
+        let value = serde_json::json!({
+            "protocol": protocol,
+            "weights": self.weights,
+            "test": self.test,
+            "images": images,
+            "labels": labels,
+            "predictions": predictions,
+        });
+        crate::io::write_atomic(path, serde_json::to_string(&value).expect("json").as_bytes())
+    }
+
     /// The training and test sets (limited as asked) and their labels.
     fn open(&self) -> Result<(Dataset, Dataset, Vec<usize>, Vec<usize>)> {
         let mut train = Dataset::open(&self.train)?;
@@ -607,14 +640,7 @@ fn progress_bar(len: usize, what: &str) -> ProgressBar {
     if len <= 4 {
         return ProgressBar::hidden();
     }
-    let bar = ProgressBar::new(len as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} images, {per_sec}, eta {eta}")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
-    bar.set_message(what.to_string());
-    bar
+    crate::progress::bar(len as u64, "{msg} [{bar:30}] {pos}/{len} images, {per_sec}, eta {eta}", what, false)
 }
 
 /// `bar`, or a hidden one when `quiet`.
@@ -974,9 +1000,7 @@ fn run_recipe(
 
 fn knn_command(args: KnnArgs) -> Result<()> {
     use crate::eval::knn;
-    if let Some(path) = &args.json {
-        check_output_dir(path)?;
-    }
+    args.sets.check_outputs(args.json.as_ref())?;
     if args.batch_size == 0 {
         return Err(Error::Usage("--batch-size must be at least 1".into()));
     }
@@ -995,16 +1019,24 @@ fn knn_command(args: KnnArgs) -> Result<()> {
         bar.finish_and_clear();
         (a, b, model.config.embed_dim, device)
     };
-    let results = knn::knn_top1(
+    let predicted = knn::knn_predictions(
         &train_features,
         &train_labels,
         &test_features,
-        &test_labels,
+        test_labels.len(),
         d,
         &knn::KS,
         knn::TEMPERATURE,
         &device,
     )?;
+    let results: Vec<(usize, f64)> = knn::KS
+        .iter()
+        .zip(&predicted)
+        .map(|(&k, p)| (k, crate::eval::linear::accuracy(p, &test_labels)))
+        .collect();
+    let columns: Vec<(String, &[usize])> =
+        knn::KS.iter().zip(&predicted).map(|(k, p)| (format!("k={k}"), p.as_slice())).collect();
+    args.sets.write_predictions(&test, &test_labels, &columns, "knn")?;
     let mut top1 = serde_json::Map::new();
     for (k, acc) in &results {
         println!("k={k:<4} top-1 {:.2}%", 100.0 * acc);
@@ -1034,9 +1066,7 @@ fn eval_model(sets: &EvalSetArgs, backend: &str) -> Result<(DinoVisionTransforme
 
 fn linear_command(args: LinearArgs) -> Result<()> {
     use crate::eval::linear::{ProbeFeatures, ProbeOptions, best_per_setting, train_probes};
-    if let Some(path) = &args.json {
-        check_output_dir(path)?;
-    }
+    args.sets.check_outputs(args.json.as_ref())?;
     if args.batch_size == 0 || args.feature_batch_size == 0 || args.iterations == 0 {
         return Err(Error::Usage(
             "--batch-size, --feature-batch-size and --iterations must be at least 1".into(),
@@ -1086,11 +1116,11 @@ fn linear_command(args: LinearArgs) -> Result<()> {
     };
     let settings = (crate::eval::linear::SETTINGS.len()
         + if args.grid { crate::eval::linear::GRID_SETTINGS.len() } else { 0 }) as u64;
-    let bar = quiet_or(args.sets.quiet, ProgressBar::new(settings * args.iterations as u64));
-    bar.set_style(
-        ProgressStyle::with_template("linear heads [{bar:30}] {pos}/{len} iterations, eta {eta}")
-            .expect("static template")
-            .progress_chars("=> "),
+    let bar = crate::progress::bar(
+        settings * args.iterations as u64,
+        "{msg} [{bar:30}] {pos}/{len} iterations, eta {eta}",
+        "linear heads",
+        args.sets.quiet,
     );
     let report = train_probes(
         &train_features,
@@ -1147,6 +1177,12 @@ fn linear_command(args: LinearArgs) -> Result<()> {
             if c.lr == highest { "largest" } else { "smallest" }
         );
     }
+    args.sets.write_predictions(
+        &test,
+        &test_labels,
+        &[("linear".to_string(), report.test_predictions.as_slice())],
+        "linear",
+    )?;
     if let Some(path) = &args.json {
         let value = serde_json::json!({
             "top1": c.test_top1,
@@ -1412,11 +1448,11 @@ fn bench_curate(args: BenchCurateArgs) -> Result<()> {
         check_output_dir(path)?;
     }
     let on = crate::curate::knn::Search::for_backend(BackendKind::parse(&args.backend)?)?;
-    let bar = ProgressBar::new(args.n as u64);
-    bar.set_style(
-        ProgressStyle::with_template("neighbours [{bar:30}] {pos}/{len} rows, eta {eta}")
-            .expect("static template")
-            .progress_chars("=> "),
+    let bar = crate::progress::bar(
+        args.n as u64,
+        "{msg} [{bar:30}] {pos}/{len} rows, eta {eta}",
+        "neighbours",
+        false,
     );
     let r = crate::curate::bench::bench_curate(
         args.n,

@@ -27,6 +27,8 @@ pub mod io;
 pub mod kernels;
 pub mod model;
 #[cfg(feature = "native")]
+pub mod progress;
+#[cfg(feature = "native")]
 pub mod train;
 
 pub use error::{Error, Result};

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
 use super::dedup::{
     RELATIVE_THRESHOLD, SELF_K, SELF_THRESHOLD, relative_dedup, relative_dedup_folder, self_dedup,
@@ -162,16 +162,12 @@ pub fn run(command: CurateCommand) -> Result<()> {
 }
 
 fn bar(len: usize, unit: &str, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len as u64);
-    bar.set_style(
-        ProgressStyle::with_template(&format!(
-            "{{msg}} [{{bar:30}}] {{pos}}/{{len}} {unit}, {{per_sec}}, eta {{eta}}"
-        ))
-        .expect("static template")
-        .progress_chars("=> "),
-    );
-    bar.set_message(what.to_string());
-    bar
+    crate::progress::bar(
+        len as u64,
+        &format!("{{msg}} [{{bar:30}}] {{pos}}/{{len}} {unit}, {{per_sec}}, eta {{eta}}"),
+        what,
+        false,
+    )
 }
 
 fn check_output(path: &Path) -> Result<()> {

@@ -74,8 +74,8 @@ pub fn pixel_features(data: &Dataset, size: usize) -> Result<Vec<f32>> {
         .map(|v| v.concat())
 }
 
-/// Top-1 accuracy for each of `ks` (official weighted vote). Features are `[n, d]` row-major;
-/// they are L2-normalised here. The similarity is computed on `device` in chunks of test rows.
+/// Top-1 accuracy for each of `ks` (official weighted vote; see [`knn_predictions`]).
+#[allow(clippy::too_many_arguments)]
 pub fn knn_top1(
     train: &[f32],
     train_labels: &[usize],
@@ -86,7 +86,27 @@ pub fn knn_top1(
     temperature: f32,
     device: &Device,
 ) -> Result<Vec<(usize, f64)>> {
-    let (n_train, n_test) = (train_labels.len(), test_labels.len());
+    let predicted =
+        knn_predictions(train, train_labels, test, test_labels.len(), d, ks, temperature, device)?;
+    Ok(ks.iter().zip(&predicted).map(|(&k, p)| (k, crate::eval::linear::accuracy(p, test_labels))).collect())
+}
+
+/// Each test row's class for each of `ks` (official weighted vote: the k most similar training
+/// rows by cosine, each voting exp(similarity / temperature) for its label): `ks.len()` lists
+/// of `n_test`. Features are `[n, d]` row-major; they are L2-normalised here. The similarity is
+/// computed on `device` in chunks of test rows.
+#[allow(clippy::too_many_arguments)]
+pub fn knn_predictions(
+    train: &[f32],
+    train_labels: &[usize],
+    test: &[f32],
+    n_test: usize,
+    d: usize,
+    ks: &[usize],
+    temperature: f32,
+    device: &Device,
+) -> Result<Vec<Vec<usize>>> {
+    let n_train = train_labels.len();
     if train.len() != n_train * d || test.len() != n_test * d {
         return Err(Error::Shape(format!(
             "features and labels disagree: {} train values for {n_train} x {d}, {} test values for {n_test} x {d}",
@@ -97,7 +117,7 @@ pub fn knn_top1(
     if n_train == 0 || n_test == 0 {
         return Err(Error::Usage("k-NN needs at least one training and one test image".into()));
     }
-    let classes = train_labels.iter().chain(test_labels).max().map_or(0, |m| m + 1);
+    let classes = train_labels.iter().max().map_or(0, |m| m + 1);
     let k_max = ks.iter().copied().max().unwrap_or(1).min(n_train);
     let normalise = |x: &[f32]| -> Vec<f32> {
         x.chunks(d)
@@ -109,10 +129,10 @@ pub fn knn_top1(
     };
     let train_t = Tensor::<2>::from_data(TensorData::new(normalise(train), [n_train, d]), device).transpose();
     let test = normalise(test);
-    let mut correct = vec![0usize; ks.len()];
+    let mut predictions = vec![Vec::with_capacity(n_test); ks.len()];
     // chunks of test rows keep the similarity block near 32 M values
     let rows = ((1usize << 25) / n_train).clamp(1, 1024);
-    for (c, chunk) in test.chunks(rows * d).enumerate() {
+    for chunk in test.chunks(rows * d) {
         let n = chunk.len() / d;
         let q = Tensor::<2>::from_data(TensorData::new(chunk.to_vec(), [n, d]), device);
         let all = to_host(q.matmul(train_t.clone()))?;
@@ -135,7 +155,6 @@ pub fn knn_top1(
         let sims: Vec<f32> = top.iter().flatten().map(|p| p.0).collect();
         let idx: Vec<usize> = top.iter().flatten().map(|p| p.1).collect();
         for r in 0..n {
-            let label = test_labels[c * rows + r];
             for (slot, &k) in ks.iter().enumerate() {
                 let k = k.min(k_max);
                 let mut votes = vec![0.0f64; classes];
@@ -145,9 +164,9 @@ pub fn knn_top1(
                 }
                 let predicted =
                     votes.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
-                correct[slot] += (predicted == label) as usize;
+                predictions[slot].push(predicted);
             }
         }
     }
-    Ok(ks.iter().zip(correct).map(|(&k, c)| (k, c as f64 / n_test as f64)).collect())
+    Ok(predictions)
 }

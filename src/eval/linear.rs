@@ -303,6 +303,29 @@ impl LinearHeads {
         self.bias = self.bias.clone() - self.momentum_bias.clone() * lr;
     }
 
+    /// Every head's predicted class for each row of `x` `[n, dim]` (row-major on the host):
+    /// `heads` lists of `n`.
+    pub fn predict(&self, x: &[f32], device: &Device) -> Result<Vec<Vec<usize>>> {
+        if x.is_empty() || x.len() % self.dim != 0 {
+            return Err(Error::Shape(format!("{} feature values for rows of width {}", x.len(), self.dim)));
+        }
+        let (heads, classes) = (self.heads(), self.classes);
+        let mut predicted = vec![Vec::with_capacity(x.len() / self.dim); heads];
+        for chunk in x.chunks(4096 * self.dim) {
+            let m = chunk.len() / self.dim;
+            let t = Tensor::<2>::from_data(TensorData::new(chunk.to_vec(), [m, self.dim]), device);
+            let logits = to_host(self.logits(t))?;
+            for row in logits.chunks(heads * classes) {
+                for (h, head) in row.chunks(classes).enumerate() {
+                    predicted[h].push(
+                        head.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i),
+                    );
+                }
+            }
+        }
+        Ok(predicted)
+    }
+
     /// Top-1 accuracy of every head on `x` `[n, dim]` (row-major on the host).
     pub fn top1(&self, x: &[f32], labels: &[usize], device: &Device) -> Result<Vec<f64>> {
         let n = labels.len();
@@ -313,23 +336,14 @@ impl LinearHeads {
                 self.dim
             )));
         }
-        let (heads, classes) = (self.heads(), self.classes);
-        let mut correct = vec![0usize; heads];
-        let rows = 4096;
-        for (c, chunk) in x.chunks(rows * self.dim).enumerate() {
-            let m = chunk.len() / self.dim;
-            let t = Tensor::<2>::from_data(TensorData::new(chunk.to_vec(), [m, self.dim]), device);
-            let logits = to_host(self.logits(t))?;
-            for (r, row) in logits.chunks(heads * classes).enumerate() {
-                for (h, head) in row.chunks(classes).enumerate() {
-                    let predicted =
-                        head.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
-                    correct[h] += (predicted == labels[c * rows + r]) as usize;
-                }
-            }
-        }
-        Ok(correct.into_iter().map(|c| c as f64 / n as f64).collect())
+        Ok(self.predict(x, device)?.iter().map(|p| accuracy(p, labels)).collect())
     }
+}
+
+/// The share of `predicted` equal to `labels`.
+pub fn accuracy(predicted: &[usize], labels: &[usize]) -> f64 {
+    let right = predicted.iter().zip(labels).filter(|(p, l)| p == l).count();
+    right as f64 / labels.len().max(1) as f64
 }
 
 /// The cosine annealing factor of iteration `t` of `total` (`CosineAnnealingLR`, eta_min 0).
@@ -383,6 +397,8 @@ pub struct HeadResult {
 pub struct ProbeReport {
     pub heads: Vec<HeadResult>,
     pub chosen: HeadResult,
+    /// The chosen head's class for each test image, in order.
+    pub test_predictions: Vec<usize>,
     pub train_images: usize,
     pub val_images: usize,
     pub test_images: usize,
@@ -457,6 +473,8 @@ pub fn train_probes(
         }
     }
     let mut heads = Vec::new();
+    // the first head with the best held-out top-1, and its test predictions
+    let mut chosen: Option<(HeadResult, Vec<usize>)> = None;
     for setting in settings {
         let (x, dim) = train.input(setting);
         let fit = gather(&x, dim, fit_idx);
@@ -499,10 +517,22 @@ pub fn train_probes(
         }
         let val_top1 = probe.top1(&val, &val_labels, device)?;
         let (test_x, _) = test.input(setting);
-        let test_top1 = probe.top1(&test_x, test_labels, device)?;
+        let mut test_predicted = probe.predict(&test_x, device)?;
         for (h, lr) in options.learning_rates.iter().enumerate() {
             if !val_top1[h].is_finite() {
                 continue;
+            }
+            let test_top1 = accuracy(&test_predicted[h], test_labels);
+            if chosen.as_ref().is_none_or(|(best, _): &(HeadResult, _)| val_top1[h] > best.val_top1) {
+                let head = HeadResult {
+                    blocks: setting.blocks,
+                    avgpool: setting.avgpool,
+                    grid: setting.grid,
+                    lr: *lr,
+                    val_top1: val_top1[h],
+                    test_top1,
+                };
+                chosen = Some((head, std::mem::take(&mut test_predicted[h])));
             }
             heads.push(HeadResult {
                 blocks: setting.blocks,
@@ -510,19 +540,20 @@ pub fn train_probes(
                 grid: setting.grid,
                 lr: *lr,
                 val_top1: val_top1[h],
-                test_top1: test_top1[h],
+                test_top1,
             });
         }
     }
-    let chosen = heads
-        .iter()
-        .fold(None::<&HeadResult>, |best, h| match best {
-            Some(b) if b.val_top1 >= h.val_top1 => Some(b),
-            _ => Some(h),
-        })
-        .cloned()
-        .ok_or_else(|| Error::Training("no linear head could be trained".into()))?;
-    Ok(ProbeReport { heads, chosen, train_images: fit_idx.len(), val_images: n_val, test_images: test.n })
+    let (chosen, test_predictions) =
+        chosen.ok_or_else(|| Error::Training("no linear head could be trained".into()))?;
+    Ok(ProbeReport {
+        heads,
+        chosen,
+        test_predictions,
+        train_images: fit_idx.len(),
+        val_images: n_val,
+        test_images: test.n,
+    })
 }
 
 /// The best head of each setting (by held-out top-1), in sweep order.

@@ -14,7 +14,6 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Bool, DType, Device, IndexingUpdateOp, Int, Tensor, TensorData};
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -1328,11 +1327,11 @@ pub fn train(c: &TrainConfig, data: &Dataset, device: &Device, options: &RunOpti
         build_teacher_cache(&mut state, c, data, options.progress)?;
     }
     let max_minutes = options.max_minutes.or(options.fit_minutes);
-    let bar = if options.progress { ProgressBar::new((end - start) as u64) } else { ProgressBar::hidden() };
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
+    let bar = crate::progress::bar(
+        (end - start) as u64,
+        "{elapsed_precise} [{bar:30}] {pos}/{len} {msg}",
+        "training steps",
+        !options.progress,
     );
     let metrics_path = out.join(METRICS);
     let mut metrics = std::fs::OpenOptions::new()
@@ -1428,13 +1427,11 @@ fn build_teacher_cache(
     data: &Dataset,
     progress: bool,
 ) -> Result<()> {
-    let caching = if progress { ProgressBar::new(data.len() as u64) } else { ProgressBar::hidden() };
-    caching.set_style(
-        ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] {pos}/{len} caching the teacher's outputs",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
+    let caching = crate::progress::bar(
+        data.len() as u64,
+        "{elapsed_precise} [{bar:30}] {pos}/{len} {msg}",
+        "caching the teacher's outputs",
+        !progress,
     );
     let t = Instant::now();
     state.cache_teacher(data, c, |n| caching.inc(n as u64))?;

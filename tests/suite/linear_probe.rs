@@ -234,6 +234,7 @@ fn eval_linear_from_the_command_line() {
         }
     }
     let json = dir.join("linear.json");
+    let predictions = dir.join("predictions.json");
     let args = [
         "eval",
         "linear",
@@ -256,6 +257,8 @@ fn eval_linear_from_the_command_line() {
         "--quiet",
         "--backend",
         "ndarray",
+        "--predictions",
+        s(&predictions),
         "--json",
         s(&json),
     ];
@@ -273,6 +276,15 @@ fn eval_linear_from_the_command_line() {
     assert_eq!(v["top1"], v["chosen"]["test_top1"]);
     let top1 = v["top1"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&top1));
+    // --predictions: the chosen head's class for each test image, whose top-1 is the reported one
+    let p: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&predictions).unwrap()).unwrap();
+    let labels = p["labels"].as_array().unwrap();
+    assert_eq!(labels.len(), 12, "{p}");
+    assert_eq!(labels.iter().filter(|l| l.as_u64() == Some(1)).count(), 6, "{p}");
+    let predicted = p["predictions"]["linear"].as_array().unwrap();
+    let right = predicted.iter().zip(labels).filter(|(a, b)| a == b).count();
+    assert_eq!(predicted.len(), 12);
+    assert_eq!(right as f64 / 12.0, top1, "{p} {v}");
 
     // bad input: one line, non-zero exit, nothing written
     let bad = dir.join("bad.json");
@@ -288,6 +300,32 @@ fn eval_linear_from_the_command_line() {
         assert_eq!(stderr.lines().count(), 1, "{flag} {value}: {stderr}");
         assert!(!bad.exists());
     }
+
+    // where stderr is not a terminal (here: a pipe) long work writes plain progress lines,
+    // every DINOV2_PROGRESS_EVERY seconds; none with --quiet or when turned off
+    let mut long = args.to_vec();
+    long.retain(|a| *a != "--quiet");
+    let at = long.iter().position(|a| *a == "--iterations").unwrap();
+    long[at + 1] = "1000";
+    let progress_lines = |args: &[&str], every: &str| {
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_dinov2"))
+            .args(args)
+            .env("DINOV2_PROGRESS_EVERY", every)
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        let stderr = String::from_utf8_lossy(&run.stderr).to_string();
+        stderr
+            .lines()
+            .filter(|l| l.starts_with("progress: linear heads "))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let lines = progress_lines(&long, "0.02");
+    assert!(!lines.is_empty(), "no progress lines");
+    assert!(lines.iter().all(|l| l.contains("/6000 (") && l.contains("elapsed, eta")), "{lines:?}");
+    assert_eq!(progress_lines(&long, "0"), Vec::<String>::new());
+    assert_eq!(progress_lines(&args, "0.02"), Vec::<String>::new(), "--quiet");
 
     // --learning-rates replaces the official 13 (6 settings x 2 heads); bad ones are refused
     let mut narrow = args.to_vec();

@@ -629,10 +629,27 @@ fn eval_knn_and_train_from_the_command_line() {
         s(&test),
         "--backend",
         "ndarray",
+        "--json",
+        s(&json),
+        "--predictions",
+        s(&dir.join("predictions.json")),
     ]);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert_eq!(stdout.lines().filter(|l| l.contains("top-1")).count(), 4, "{stdout}");
+    // --predictions: each test image's label and class per k, whose top-1 is the reported one
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let p: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("predictions.json")).unwrap()).unwrap();
+    let labels: Vec<u64> = p["labels"].as_array().unwrap().iter().map(|l| l.as_u64().unwrap()).collect();
+    assert_eq!(labels, [0, 0, 0, 0, 0, 1, 1, 1, 1, 1], "{p}");
+    assert!(p["images"][7].as_str().unwrap().ends_with("class1/2.png"), "{p}");
+    for k in ["10", "20", "100", "200"] {
+        let predicted = p["predictions"][format!("k={k}")].as_array().unwrap();
+        assert_eq!(predicted.len(), 10, "{p}");
+        let right = predicted.iter().zip(&labels).filter(|(a, b)| a.as_u64() == Some(**b)).count();
+        assert_eq!(Some(right as f64 / 10.0), v["top1"][k].as_f64(), "k={k}: {p} {v}");
+    }
     // a run folder is also what pca takes
     let png = dir.join("pca.png");
     let image = train.join("class0/0.png");
