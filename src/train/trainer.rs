@@ -1411,6 +1411,13 @@ pub fn train(c: &TrainConfig, data: &Dataset, device: &Device, options: &RunOpti
         }
     }
     bar.finish();
+    if stop && step < end {
+        eprintln!(
+            "note: stopped at step {step} of {}: the {}-minute limit came before the schedule's end (--resume continues it)",
+            c.total_steps,
+            max_minutes.unwrap_or_default()
+        );
+    }
     Ok(RunSummary {
         steps_done: step - start,
         last_loss: last,

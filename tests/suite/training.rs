@@ -149,6 +149,9 @@ fn fit_minutes_sizes_the_schedule_and_the_probe_leaves_no_trace() {
     let done = losses(&fitted).len();
     eprintln!("fitted {} steps, {done} done in 6 s", f.total_steps);
     assert!(4 * done >= f.total_steps && done <= f.total_steps, "{done} of {} steps done", f.total_steps);
+    // a run the limit cut short says so
+    let cut = format!("note: stopped at step {done} of {}", f.total_steps);
+    assert_eq!(stderr.contains(&cut), done < f.total_steps, "{stderr}");
 
     let plain = dir.join("plain");
     let done_arg = done.to_string();
@@ -158,6 +161,16 @@ fn fit_minutes_sizes_the_schedule_and_the_probe_leaves_no_trace() {
     let run = dinov2(&args);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     assert_same_run(&fitted, &plain, "fitted run against its config.json run plainly");
+
+    // --max-minutes stops after the step that passes it, checkpointed, and says so
+    let limited = dir.join("limited");
+    let mut args = train_args(config, data, s(&limited));
+    args.extend(["--max-minutes", "0.00001"]);
+    let run = dinov2(&args);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains("note: stopped at step 1 of 100000: the 0.00001-minute limit"), "{stderr}");
+    assert_eq!(read_checkpoint(&limited.join(trainer::CHECKPOINT)).unwrap().step, 1);
 
     // a length that fits nothing, and a resume (whose schedule is the run's own): one line each
     for extra in [&["--fit-minutes", "0"][..], &["--fit-minutes", "1", "--resume"]] {
