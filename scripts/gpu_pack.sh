@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Pack what scripts/gpu_checks.sh needs on a GPU machine that has no Rust toolchain and no
+# network (the device tool's lent machine): the release binary, stripped and xz-compressed,
+# the Vulkan loader's Debian packages and the Fashion-MNIST files, all under .gpu/ (ignored by
+# git; about 45 MB). Run it here, then on the GPU machine, with .gpu carried along:
+#
+#     bash scripts/gpu_pack.sh
+#     (on the GPU machine, in the repository root) bash scripts/gpu_checks.sh OUT_DIR
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p .gpu
+cargo build --release --bin dinov2
+strip -o .gpu/dinov2 target/release/dinov2
+xz -T0 -6 -f .gpu/dinov2
+# the Vulkan loader, for an amd64 machine whatever this one is (the device tool's README recipe)
+lists=$(mktemp -d)
+mkdir -p "$lists/partial"
+apt_opts=(-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 "-oDir::State::Lists=$lists")
+apt-get "${apt_opts[@]}" update -qq
+rm -f .gpu/*.deb
+(cd .gpu && apt-get "${apt_opts[@]}" download libvulkan1)
+rm -rf "$lists"
+mkdir -p .gpu/fashion-mnist
+cp /usr/share/datasets/fashion-mnist/*.gz .gpu/fashion-mnist/
+du -sh .gpu
