@@ -381,6 +381,10 @@ impl Lists<'_> {
                         (block.sims, block.indices) = (s, i);
                     }
                 }
+                // wait for the chunk's kernels: the caller's progress then counts work done,
+                // not work queued (without it a bar reached 100% a minute before the end on
+                // lavapipe); a failure surfaces at the read-back in `finish`
+                let _ = device.sync();
             }
         }
     }
