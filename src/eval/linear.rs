@@ -522,26 +522,18 @@ pub fn train_probes(
             if !val_top1[h].is_finite() {
                 continue;
             }
-            let test_top1 = accuracy(&test_predicted[h], test_labels);
-            if chosen.as_ref().is_none_or(|(best, _): &(HeadResult, _)| val_top1[h] > best.val_top1) {
-                let head = HeadResult {
-                    blocks: setting.blocks,
-                    avgpool: setting.avgpool,
-                    grid: setting.grid,
-                    lr: *lr,
-                    val_top1: val_top1[h],
-                    test_top1,
-                };
-                chosen = Some((head, std::mem::take(&mut test_predicted[h])));
-            }
-            heads.push(HeadResult {
+            let head = HeadResult {
                 blocks: setting.blocks,
                 avgpool: setting.avgpool,
                 grid: setting.grid,
                 lr: *lr,
                 val_top1: val_top1[h],
-                test_top1,
-            });
+                test_top1: accuracy(&test_predicted[h], test_labels),
+            };
+            if chosen.as_ref().is_none_or(|(best, _): &(HeadResult, _)| head.val_top1 > best.val_top1) {
+                chosen = Some((head.clone(), std::mem::take(&mut test_predicted[h])));
+            }
+            heads.push(head);
         }
     }
     let (chosen, test_predictions) =
