@@ -1029,11 +1029,8 @@ fn knn_command(args: KnnArgs) -> Result<()> {
         knn::TEMPERATURE,
         &device,
     )?;
-    let results: Vec<(usize, f64)> = knn::KS
-        .iter()
-        .zip(&predicted)
-        .map(|(&k, p)| (k, crate::eval::linear::accuracy(p, &test_labels)))
-        .collect();
+    let results: Vec<(usize, f64)> =
+        knn::KS.iter().zip(&predicted).map(|(&k, p)| (k, crate::eval::accuracy(p, &test_labels))).collect();
     let columns: Vec<(String, &[usize])> =
         knn::KS.iter().zip(&predicted).map(|(k, p)| (format!("k={k}"), p.as_slice())).collect();
     args.sets.write_predictions(&test, &test_labels, &columns, "knn")?;

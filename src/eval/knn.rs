@@ -88,7 +88,7 @@ pub fn knn_top1(
 ) -> Result<Vec<(usize, f64)>> {
     let predicted =
         knn_predictions(train, train_labels, test, test_labels.len(), d, ks, temperature, device)?;
-    Ok(ks.iter().zip(&predicted).map(|(&k, p)| (k, crate::eval::linear::accuracy(p, test_labels))).collect())
+    Ok(ks.iter().zip(&predicted).map(|(&k, p)| (k, crate::eval::accuracy(p, test_labels))).collect())
 }
 
 /// Each test row's class for each of `ks` (official weighted vote: the k most similar training

@@ -34,6 +34,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{Error, Result};
+use crate::eval::accuracy;
 use crate::features::to_host;
 use crate::model::DinoVisionTransformer;
 use crate::train::data::Dataset;
@@ -338,12 +339,6 @@ impl LinearHeads {
         }
         Ok(self.predict(x, device)?.iter().map(|p| accuracy(p, labels)).collect())
     }
-}
-
-/// The share of `predicted` equal to `labels`.
-pub fn accuracy(predicted: &[usize], labels: &[usize]) -> f64 {
-    let right = predicted.iter().zip(labels).filter(|(p, l)| p == l).count();
-    right as f64 / labels.len().max(1) as f64
 }
 
 /// The cosine annealing factor of iteration `t` of `total` (`CosineAnnealingLR`, eta_min 0).

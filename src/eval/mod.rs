@@ -7,3 +7,9 @@ pub mod knn;
 pub mod linear;
 pub mod matching;
 pub mod pca;
+
+/// The share of `predicted` equal to `labels` (top-1 of a k-NN or a linear head).
+pub fn accuracy(predicted: &[usize], labels: &[usize]) -> f64 {
+    let right = predicted.iter().zip(labels).filter(|(p, l)| p == l).count();
+    right as f64 / labels.len().max(1) as f64
+}
