@@ -315,6 +315,10 @@ pub struct LinearArgs {
     /// which pools them to one); the head is still chosen on the held-out images.
     #[arg(long)]
     pub grid: bool,
+    /// Seed of the held-out split, the heads' initialisation and the order of the samples: other
+    /// seeds show how much the probe's top-1 moves with them alone (the features stay the same).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
     /// Also write every head's and the chosen head's top-1 to this JSON file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -1109,7 +1113,7 @@ fn linear_command(args: LinearArgs) -> Result<()> {
         val_fraction: args.val_fraction,
         learning_rates: learning_rates.clone(),
         grid: args.grid,
-        ..ProbeOptions::default()
+        seed: args.seed,
     };
     let settings = (crate::eval::linear::SETTINGS.len()
         + if args.grid { crate::eval::linear::GRID_SETTINGS.len() } else { 0 }) as u64;
@@ -1191,6 +1195,7 @@ fn linear_command(args: LinearArgs) -> Result<()> {
             "learning_rates": learning_rates,
             "flip": flip,
             "grid": args.grid,
+            "seed": args.seed,
             "train_images": report.train_images,
             "val_images": report.val_images,
             "test_images": report.test_images,

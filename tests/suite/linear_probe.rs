@@ -151,6 +151,27 @@ fn linear_probe_separates_synthetic_classes_and_not_random_labels() {
 }
 
 #[test]
+fn linear_probe_seed_moves_the_split_and_the_heads_and_nothing_else() {
+    let device = ndarray_device();
+    let (train, labels) = clusters(40, 1, true);
+    let (test, test_labels) = clusters(20, 2, false);
+    let bar = ProgressBar::hidden();
+    let probe = |seed: u64| {
+        let options = ProbeOptions { iterations: 30, batch_size: 16, seed, ..ProbeOptions::default() };
+        let r = train_probes(&train, None, &labels, &test, &test_labels, &options, &device, &bar).unwrap();
+        r.heads.iter().map(|h| (h.val_top1, h.test_top1)).collect::<Vec<_>>()
+    };
+    // one seed, one result; another seed holds out other images (random labels: their
+    // held-out top-1 differs) and starts the heads elsewhere
+    let first = probe(0);
+    assert_eq!(probe(0), first);
+    let other = probe(1);
+    assert_eq!(other.len(), first.len());
+    assert!(first.iter().zip(&other).any(|(a, b)| a.0 != b.0), "held-out top-1 identical");
+    assert!(first.iter().zip(&other).any(|(a, b)| a.1 != b.1), "test top-1 identical");
+}
+
+#[test]
 fn linear_probe_trains_on_the_mirrored_features_when_given() {
     let device = ndarray_device();
     let options = ProbeOptions { iterations: 200, batch_size: 64, ..ProbeOptions::default() };
@@ -327,14 +348,16 @@ fn eval_linear_from_the_command_line() {
     assert_eq!(progress_lines(&long, "0"), Vec::<String>::new());
     assert_eq!(progress_lines(&args, "0.02"), Vec::<String>::new(), "--quiet");
 
-    // --learning-rates replaces the official 13 (6 settings x 2 heads); bad ones are refused
+    // --learning-rates replaces the official 13 (6 settings x 2 heads), --seed is recorded; bad
+    // rates are refused
     let mut narrow = args.to_vec();
-    narrow.extend(["--learning-rates", "0.01,0.5"]);
+    narrow.extend(["--learning-rates", "0.01,0.5", "--seed", "3"]);
     let run = dinov2(&narrow);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(v["heads"].as_array().unwrap().len(), 12, "{v}");
     assert_eq!(v["learning_rates"], serde_json::json!([0.01, 0.5]), "{v}");
+    assert_eq!(v["seed"], 3, "{v}");
     assert!(v["heads"].as_array().unwrap().iter().all(|h| h["lr"] == 0.01 || h["lr"] == 0.5), "{v}");
     for value in ["0.01,0", "0.1,-1", "fast"] {
         let mut args = args.to_vec();
