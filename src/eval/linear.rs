@@ -359,6 +359,7 @@ pub struct ProbeOptions {
     pub val_fraction: f64,
     /// Also sweep [`GRID_SETTINGS`] (not official).
     pub grid: bool,
+    /// Seeds the held-out split, the heads' initialisation and the order of the samples.
     pub seed: u64,
 }
 

@@ -151,7 +151,7 @@ fn linear_probe_separates_synthetic_classes_and_not_random_labels() {
 }
 
 #[test]
-fn linear_probe_seed_moves_the_split_and_the_heads_and_nothing_else() {
+fn linear_probe_seed_moves_the_split_and_the_heads() {
     let device = ndarray_device();
     let (train, labels) = clusters(40, 1, true);
     let (test, test_labels) = clusters(20, 2, false);
