@@ -1,19 +1,26 @@
 // Fused attention forward, FlashAttention-2 style: softmax(scale · Q Kᵀ) V without the N×N matrix.
 //
 // Layout: q, k, v, o are [BH, N, D] row-major (D = 64); lse is [BH, N] (f32), the row
-// log-sum-exp of the scaled scores, kept for the backward. One workgroup owns BR query rows of
-// one (batch, head), one invocation per row: the query row and its output accumulator live in
-// registers (q0..q15, acc0..acc15: 16 vec4 each), K and V tiles of BC rows are staged in
-// workgroup memory (2·BC·D·4 bytes = 8 KiB at BC = 16, half of wgpu's default 16 KiB), and the
-// softmax is accumulated online (running max m, running sum l). Keys past N get the score NEG
-// and weigh exactly 0; rows past N compute but do not write, so any N works.
+// log-sum-exp of the scaled scores, kept for the backward. One workgroup owns BR · R query rows of
+// one (batch, head): BR invocations, each with R rows (row first + r · BR for r < R) whose query
+// row and output accumulator live in registers (q{r}_0..15, acc{r}_0..15: 16 vec4 each). K and V
+// tiles of BC rows are staged in workgroup memory (2·BC·D·4 bytes = 8 KiB at BC = 16, half of
+// wgpu's default 16 KiB), and the softmax is accumulated online (running max m{r}, running sum
+// l{r}), U keys at a time. Keys past N get the score NEG and weigh exactly 0; rows past N compute
+// but do not write, so any N works.
 //
-// The per-tile arithmetic is unrolled by the template (slots `unrolled_*`, generated in
+// Two shapes, chosen per adapter (src/kernels/shaders.rs, `Rows`): on a GPU R = 1 and U = BC
+// with 64 invocations, the FlashAttention-2 shape (every invocation reads the same K/V element
+// at once, a broadcast). On a software adapter R = 32 and U = 1 with 8 invocations: lavapipe runs
+// eight invocations in the lanes of one AVX register but performs every memory read inside a loop
+// as eight scalar reads, uniform address or not, so each K/V element read must serve many rows.
+//
+// The per-step arithmetic is unrolled by the template (slots `unrolled_*`, generated in
 // src/kernels/shaders.rs): register arrays indexed in loops are spilled to memory by some
 // compilers (lavapipe's among them), named registers never are.
 //
 // Other slots: elem (f32 | f16: storage type, arithmetic is f32), enable ("enable f16;" or
-// empty), br (invocations = query rows per workgroup), bc (keys per tile).
+// empty), br (invocations per workgroup), rows (R), bc (keys per tile), unroll (U).
 {{ enable }}
 
 @group(0) @binding(0) var<storage, read_write> q: array<{{ elem }}>;
@@ -28,7 +35,9 @@
 const D: u32 = 64u;
 const D4: u32 = 16u;
 const BR: u32 = {{ br }}u;
+const R: u32 = {{ rows }}u;
 const BC: u32 = {{ bc }}u;
+const U: u32 = {{ unroll }}u;
 // Finite stand-in for -inf: exp(NEG - x) is exactly 0 without inf - inf = NaN.
 const NEG: f32 = -1.0e30;
 
@@ -59,23 +68,16 @@ fn main(
     let bh_count = info[0];
     let scale = bitcast<f32>(info[2]);
 
-    let blocks = (n + BR - 1u) / BR;
+    let blocks = (n + BR * R - 1u) / (BR * R);
     let flat = wid.y * nwg.x + wid.x;
     let bh = flat / blocks;
-    let row = (flat % blocks) * BR + lid;
+    let first = (flat % blocks) * BR * R + lid;
     let live = bh < bh_count; // padding workgroups of the 2-D grid do no memory traffic
-    let valid = live && row < n;
     let base = bh * n * D;
-    let at = base + row * D;
 
-    // q0..q15 (the scaled query row) and acc0..acc15, all zero
+    // per row r: row{r}, valid{r}, at{r}; q{r}_0..15 (the scaled query row), acc{r}_0..15 (zero),
+    // m{r} = NEG, l{r} = 0
     {{ unrolled_registers }}
-    if (valid) {
-        // qc = load4_q(at + 4c) * scale
-        {{ unrolled_load_q }}
-    }
-    var m = NEG;
-    var l = 0.0;
 
     for (var t = 0u; t < n; t += BC) {
         workgroupBarrier(); // everyone is done with the previous tile
@@ -93,20 +95,13 @@ fn main(
         }
         workgroupBarrier();
 
-        // sj = select(NEG, q · k_tile row j, t + j < n) for the BC keys; m_new = max(m, sj...)
-        var m_new = m;
-        {{ unrolled_scores }}
-        let correction = exp(m - m_new);
-        // pj = exp(sj - m_new); l = l · correction + Σ pj;
-        // accc = accc · correction + Σj pj · v_tile[j·D4 + c]
-        {{ unrolled_accumulate }}
-        m = m_new;
+        for (var j0 = 0u; j0 < BC; j0 += U) {
+            // keys t + j0 + u, u < U: s{r}_{u} = q{r} · k, NEG past N; the running max, sum and
+            // accumulators of every row rescaled and updated
+            {{ unrolled_step }}
+        }
     }
 
-    if (valid) {
-        let inv = 1.0 / l;
-        // o[at + 4c ..] = accc · inv
-        {{ unrolled_store }}
-        lse[bh * n + row] = m + log(l);
-    }
+    // per row r, if valid{r}: o[at{r} ..] = acc{r} / l{r}; lse = m{r} + log(l{r})
+    {{ unrolled_store }}
 }

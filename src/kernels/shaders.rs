@@ -32,10 +32,41 @@ pub const KNN_DATABASE_BLOCK: usize = 2048;
 /// Sinkhorn-Knopp passes: column scalings, row scalings, output.
 pub const SINKHORN_PASSES: [u32; 3] = [0, 1, 2];
 
+/// How an attention forward workgroup spreads its query rows over invocations (see
+/// shaders/attention_forward.wgsl): `invocations` of `per_invocation` rows each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Rows {
+    pub invocations: u32,
+    pub per_invocation: u32,
+}
+
+impl Rows {
+    /// A GPU's shape: 64 invocations of one row, the 16 keys of a tile unrolled.
+    pub const GPU: Rows = Rows { invocations: ATTENTION_ROWS, per_invocation: 1 };
+    /// A software adapter's shape (lavapipe): 8 invocations (one AVX register of lanes) of 32
+    /// rows, one key per step, so each K/V read serves 32 rows. Measured against 8 × 8 and
+    /// 8 × 16 (slower) and 8 × 64 (minutes to compile): BENCHMARKS.md, WGSL kernels.
+    pub const CPU: Rows = Rows { invocations: 8, per_invocation: 32 };
+
+    /// Query rows per workgroup.
+    pub fn per_workgroup(self) -> u32 {
+        self.invocations * self.per_invocation
+    }
+
+    fn per_invocation(self) -> usize {
+        self.per_invocation as usize
+    }
+
+    /// Keys per inner step: the unrolled code stays the same size whatever the rows.
+    fn unroll(self) -> usize {
+        (ATTENTION_TILE / self.per_invocation).max(1) as usize
+    }
+}
+
 /// A kernel to expand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Shader {
-    AttentionForward { f16: bool },
+    AttentionForward { f16: bool, rows: Rows },
     AttentionBackwardDelta { f16: bool },
     AttentionBackwardDq { f16: bool },
     AttentionBackwardDkDv { f16: bool },
@@ -49,7 +80,7 @@ impl Shader {
     pub fn all() -> Vec<Shader> {
         let mut all = Vec::new();
         for f16 in [false, true] {
-            all.push(Shader::AttentionForward { f16 });
+            all.extend([Rows::GPU, Rows::CPU].map(|rows| Shader::AttentionForward { f16, rows }));
             all.push(Shader::AttentionBackwardDelta { f16 });
             all.push(Shader::AttentionBackwardDq { f16 });
             all.push(Shader::AttentionBackwardDkDv { f16 });
@@ -64,18 +95,18 @@ impl Shader {
     pub fn template(self) -> SourceTemplate {
         let elem = |f16: bool| if f16 { ("f16", "enable f16;") } else { ("f32", "") };
         match self {
-            Shader::AttentionForward { f16 } => {
+            Shader::AttentionForward { f16, rows } => {
                 let (ty, enable) = elem(f16);
                 SourceTemplate::new(ATTENTION_FORWARD)
                     .register("elem", ty)
                     .register("enable", enable)
-                    .register("br", ATTENTION_ROWS.to_string())
+                    .register("br", rows.invocations.to_string())
+                    .register("rows", rows.per_invocation.to_string())
                     .register("bc", ATTENTION_TILE.to_string())
-                    .register("unrolled_registers", forward_registers())
-                    .register("unrolled_load_q", forward_load_q())
-                    .register("unrolled_scores", forward_scores())
-                    .register("unrolled_accumulate", forward_accumulate())
-                    .register("unrolled_store", store_rows("o", "acc", "inv", ty))
+                    .register("unroll", rows.unroll().to_string())
+                    .register("unrolled_registers", forward_registers(rows))
+                    .register("unrolled_step", forward_step(rows))
+                    .register("unrolled_store", forward_store(rows, ty))
             }
             Shader::AttentionBackwardDq { f16 } | Shader::AttentionBackwardDkDv { f16 } => {
                 let source = match self {
@@ -164,67 +195,111 @@ pub fn expand(shader: Shader) -> String {
     shader.template().complete()
 }
 
-// Unrolled code for the attention templates. A row of 64 is 16 vec4 registers named
-// `{prefix}0` .. `{prefix}15`; key j of a tile is `k_tile[j·16 + c]`.
+// Unrolled code for the attention forward template. A row of 64 is 16 vec4 registers named
+// `{prefix}0` .. `{prefix}15`; row r of an invocation's R rows has the prefixes `q{r}_`,
+// `acc{r}_`; key u of an inner step is `k_tile[(j0 + u)·16 + c]`.
 
 const D4: usize = 16;
 
-fn k_at(j: usize, c: usize) -> String {
-    format!("k_tile[{}u]", j * D4 + c)
-}
-
-fn v_at(j: usize, c: usize) -> String {
-    format!("v_tile[{}u]", j * D4 + c)
+fn tile_at(tile: &str, u: usize, c: usize) -> String {
+    format!("{tile}[(j0 + {u}u) * D4 + {c}u]")
 }
 
 fn lines(items: impl Iterator<Item = String>) -> String {
     items.collect::<Vec<_>>().join("\n    ")
 }
 
-fn forward_registers() -> String {
-    lines((0..D4).map(|c| format!("var q{c} = vec4<f32>(0.0);\n    var acc{c} = vec4<f32>(0.0);")))
+fn sum(terms: impl Iterator<Item = String>) -> String {
+    terms.collect::<Vec<_>>().join(" + ")
 }
 
-fn forward_load_q() -> String {
-    lines((0..D4).map(|c| format!("q{c} = load4_q(at + {}u) * scale;", 4 * c)))
-}
-
-/// `q · k_tile[row j]` as a sum of 16 vec4 dots.
-fn dot_row(reg: &str, j: usize) -> String {
-    (0..D4).map(|c| format!("dot({reg}{c}, {})", k_at(j, c))).collect::<Vec<_>>().join(" + ")
-}
-
-fn forward_scores() -> String {
-    let tile = ATTENTION_TILE as usize;
-    lines((0..tile).map(|j| {
-        format!("let s{j} = select(NEG, {}, t + {j}u < n);\n    m_new = max(m_new, s{j});", dot_row("q", j))
+fn forward_registers(rows: Rows) -> String {
+    lines((0..rows.per_invocation()).map(|r| {
+        let mut out = vec![format!(
+            "let row{r} = first + {r}u * BR;\n    let valid{r} = live && row{r} < n;\n    \
+             let at{r} = base + row{r} * D;\n    var m{r} = NEG;\n    var l{r} = 0.0;"
+        )];
+        out.extend(
+            (0..D4).map(|c| format!("var q{r}_{c} = vec4<f32>(0.0);\n    var acc{r}_{c} = vec4<f32>(0.0);")),
+        );
+        out.push(format!(
+            "if (valid{r}) {{\n        {}\n    }}",
+            (0..D4)
+                .map(|c| format!("q{r}_{c} = load4_q(at{r} + {}u) * scale;", 4 * c))
+                .collect::<Vec<_>>()
+                .join("\n        ")
+        ));
+        out.join("\n    ")
     }))
 }
 
-fn forward_accumulate() -> String {
-    let tile = ATTENTION_TILE as usize;
-    let mut out: Vec<String> = (0..tile).map(|j| format!("let p{j} = exp(s{j} - m_new);")).collect();
-    out.push(format!(
-        "l = l * correction + {};",
-        (0..tile).map(|j| format!("p{j}")).collect::<Vec<_>>().join(" + ")
-    ));
-    for c in 0..D4 {
-        let terms = (0..tile).map(|j| format!("p{j} * {}", v_at(j, c))).collect::<Vec<_>>().join(" + ");
-        out.push(format!("acc{c} = acc{c} * correction + {terms};"));
+/// One inner step of the online softmax: U keys against the invocation's R rows. With one row
+/// the K/V reads sit inside the arithmetic (a GPU compiler schedules them); with several, each
+/// key's 16 K (then V) vectors are read once into named values that every row uses.
+fn forward_step(rows: Rows) -> String {
+    let (rr, uu) = (rows.per_invocation(), rows.unroll());
+    let mut out: Vec<String> = (0..rr).map(|r| format!("var mn{r} = m{r};")).collect();
+    for u in 0..uu {
+        let live = format!("t + j0 + {u}u < n");
+        if rr == 1 {
+            let dot = sum((0..D4).map(|c| format!("dot(q0_{c}, {})", tile_at("k_tile", u, c))));
+            out.push(format!("let s0_{u} = select(NEG, {dot}, {live});\n    mn0 = max(mn0, s0_{u});"));
+        } else {
+            out.extend((0..rr).map(|r| format!("var s{r}_{u} = NEG;")));
+            let mut block: Vec<String> =
+                (0..D4).map(|c| format!("let k{c} = {};", tile_at("k_tile", u, c))).collect();
+            for r in 0..rr {
+                let dot = sum((0..D4).map(|c| format!("dot(q{r}_{c}, k{c})")));
+                block.push(format!(
+                    "s{r}_{u} = select(NEG, {dot}, {live});\n        mn{r} = max(mn{r}, s{r}_{u});"
+                ));
+            }
+            out.push(format!("{{\n        {}\n    }}", block.join("\n        ")));
+        }
     }
+    for r in 0..rr {
+        out.push(format!("let corr{r} = exp(m{r} - mn{r});"));
+        out.extend((0..uu).map(|u| format!("let p{r}_{u} = exp(s{r}_{u} - mn{r});")));
+        out.push(format!("l{r} = l{r} * corr{r} + {};", sum((0..uu).map(|u| format!("p{r}_{u}")))));
+    }
+    if rr == 1 {
+        for c in 0..D4 {
+            let terms = sum((0..uu).map(|u| format!("p0_{u} * {}", tile_at("v_tile", u, c))));
+            out.push(format!("acc0_{c} = acc0_{c} * corr0 + {terms};"));
+        }
+    } else {
+        for r in 0..rr {
+            out.extend((0..D4).map(|c| format!("acc{r}_{c} = acc{r}_{c} * corr{r};")));
+        }
+        for u in 0..uu {
+            let mut block: Vec<String> =
+                (0..D4).map(|c| format!("let v{c} = {};", tile_at("v_tile", u, c))).collect();
+            for r in 0..rr {
+                block.extend((0..D4).map(|c| format!("acc{r}_{c} = acc{r}_{c} + p{r}_{u} * v{c};")));
+            }
+            out.push(format!("{{\n        {}\n    }}", block.join("\n        ")));
+        }
+    }
+    out.extend((0..rr).map(|r| format!("m{r} = mn{r};")));
     out.join("\n    ")
 }
 
-/// Write registers `{reg}0..15` times `factor` to row `at` of `buffer` as `elem`.
-fn store_rows(buffer: &str, reg: &str, factor: &str, elem: &str) -> String {
-    lines((0..D4).map(|c| {
-        let base = 4 * c;
+/// Per row r: `acc{r}` divided by the row sum to `o` (as `elem`) and the log-sum-exp to `lse`.
+fn forward_store(rows: Rows, elem: &str) -> String {
+    lines((0..rows.per_invocation()).map(|r| {
+        let stores = (0..D4).map(|c| {
+            let base = 4 * c;
+            format!(
+                "{{ let x = acc{r}_{c} * inv; o[at{r} + {base}u] = {elem}(x.x); o[at{r} + {}u] = {elem}(x.y); \
+                 o[at{r} + {}u] = {elem}(x.z); o[at{r} + {}u] = {elem}(x.w); }}",
+                base + 1,
+                base + 2,
+                base + 3
+            )
+        });
         format!(
-            "{{ let r = {reg}{c} * {factor}; {buffer}[at + {base}u] = {elem}(r.x); {buffer}[at + {}u] = {elem}(r.y); \
-             {buffer}[at + {}u] = {elem}(r.z); {buffer}[at + {}u] = {elem}(r.w); }}",
-            base + 1,
-            base + 2,
-            base + 3
+            "if (valid{r}) {{\n        let inv = 1.0 / l{r};\n        {}\n        lse[bh * n + row{r}] = m{r} + log(l{r});\n    }}",
+            stores.collect::<Vec<_>>().join("\n        ")
         )
     }))
 }

@@ -8,7 +8,7 @@ use burn::backend::Dispatch;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use dinov2_wgpu::kernels::{
     self, AttentionImpl, KernelOps,
-    shaders::{Shader, expand},
+    shaders::{Rows, Shader, expand},
 };
 
 use crate::common::{host, ndarray_device, wgpu_device};
@@ -53,8 +53,8 @@ fn every_shader_parses_and_validates_with_naga() {
     let variants = Shader::all();
     assert_eq!(
         variants.len(),
-        15,
-        "4 attention kernels × (f32, f16), 3 Sinkhorn passes, 2 KoLeo passes, 2 k-NN passes"
+        17,
+        "5 attention kernels (the forward in two shapes) × (f32, f16), 3 Sinkhorn passes, 2 KoLeo passes, 2 k-NN passes"
     );
     for shader in variants {
         let source = expand(shader);
@@ -74,7 +74,7 @@ fn the_validation_can_fail() {
     // an unexpanded template does not parse
     assert!(naga::front::wgsl::parse_str(dinov2_wgpu::kernels::shaders::ATTENTION_FORWARD).is_err());
     // the f16 variant needs the adapter's shader-f16 capability
-    let source = expand(Shader::AttentionForward { f16: true });
+    let source = expand(Shader::AttentionForward { f16: true, rows: Rows::GPU });
     let module = naga::front::wgsl::parse_str(&source).unwrap();
     assert!(Validator::new(ValidationFlags::all(), Capabilities::empty()).validate(&module).is_err());
     // a type error is caught
@@ -152,6 +152,50 @@ fn fused_attention_and_its_gradients_match_the_reference_on_the_cpu_backend() {
     // the hand-written backward formulas (autodiff impl) against burn's autodiff of the
     // composed attention
     check_attention(&ndarray_device());
+}
+
+#[test]
+fn both_shapes_of_the_forward_match_the_reference_on_wgpu() {
+    // The adapter picks one shape of the forward kernel (a GPU: one row per invocation; a
+    // software adapter: 32 rows per invocation) and the tests above check that one with its
+    // gradients. Both shapes, each in a process of its own: the choice is read once per process.
+    for shape in ["gpu", "cpu"] {
+        let status = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args(["--exact", "kernels::the_forced_shape_of_the_forward_matches_the_reference", "--ignored"])
+            .env("DINOV2_ATTENTION_SHAPE", shape)
+            .status()
+            .expect("run the test binary");
+        assert!(status.success(), "the forward in the {shape} shape failed (output above)");
+    }
+}
+
+#[test]
+#[ignore = "run by both_shapes_of_the_forward_match_the_reference_on_wgpu with DINOV2_ATTENTION_SHAPE set"]
+fn the_forced_shape_of_the_forward_matches_the_reference() {
+    use dinov2_wgpu::kernels::wgsl::forced_forward_rows;
+    let want_rows = match std::env::var("DINOV2_ATTENTION_SHAPE").as_deref() {
+        Ok("gpu") => Rows::GPU,
+        Ok("cpu") => Rows::CPU,
+        other => panic!("DINOV2_ATTENTION_SHAPE must be gpu or cpu here, got {other:?}"),
+    };
+    assert_eq!(forced_forward_rows(), Some(want_rows));
+    let (device, cpu) = (wgpu_device(), ndarray_device());
+    for (i, &shape) in ATTENTION_SHAPES.iter().enumerate() {
+        let data = attention_data(shape, 200 + i as u64);
+        let forward = |device: &Device, which| {
+            let [q, k, v] = [0, 1, 2].map(|j| tensor(&data[j], shape, device));
+            host(kernels::attention(q, k, v, which))
+        };
+        let want = forward(&cpu, AttentionImpl::Reference);
+        let got = forward(&device, AttentionImpl::Fused);
+        let e = err(&got, &want);
+        assert!(e <= 1e-4, "{want_rows:?} {shape:?}: max abs error {e:.2e} > 1e-4");
+        assert_eq!(
+            got,
+            forward(&device, AttentionImpl::Fused),
+            "{want_rows:?} {shape:?}: a repeated run differs"
+        );
+    }
 }
 
 #[test]
