@@ -1,5 +1,6 @@
-// Fused attention backward, pass 3 of 3: dK and dV. One invocation per key row j (BR keys of one
-// (batch, head) per workgroup); Q and dO tiles of BQ rows, with their (lse, delta), are staged in
+// Fused attention backward, pass 3 of 3: dK and dV. BR invocations of R key rows each (BR · R
+// keys of one (batch, head) per workgroup; the forward's two shapes, see attention_forward.wgsl,
+// U queries per unrolled step); Q and dO tiles of BQ rows, with their (lse, delta), are staged in
 // workgroup memory (2·BQ·D·4 + 8·BQ bytes ≈ 8 KiB at BQ = 16). With P_ij recomputed from lse:
 //   dV_j = Σ_i P_ij dO_i,   dS_ij = P_ij (dO_i·v_j − delta_i),   dK_j = scale · Σ_i dS_ij q_i.
 // Each row is summed by one invocation in query order: no atomics, same result every run.
@@ -18,7 +19,9 @@
 const D: u32 = 64u;
 const D4: u32 = 16u;
 const BR: u32 = {{ br }}u;
+const R: u32 = {{ rows }}u;
 const BQ: u32 = {{ bc }}u;
+const U: u32 = {{ unroll }}u;
 // Padding query rows get lse = BIG, so P = exp(s - BIG) = 0 and they contribute nothing.
 const BIG: f32 = 1.0e30;
 
@@ -52,28 +55,16 @@ fn main(
     let bh_count = info[0];
     let scale = bitcast<f32>(info[2]);
 
-    let blocks = (n + BR - 1u) / BR;
+    let blocks = (n + BR * R - 1u) / (BR * R);
     let flat = wid.y * nwg.x + wid.x;
     let bh = flat / blocks;
-    let row = (flat % blocks) * BR + lid;
+    let first = (flat % blocks) * BR * R + lid;
     let live = bh < bh_count;
-    let valid = live && row < n;
     let base = bh * n * D;
 
-    var kr: array<vec4<f32>, D4>;
-    var vr: array<vec4<f32>, D4>;
-    var dk_acc: array<vec4<f32>, D4>;
-    var dv_acc: array<vec4<f32>, D4>;
-    for (var c = 0u; c < D4; c++) {
-        kr[c] = vec4<f32>(0.0);
-        vr[c] = vec4<f32>(0.0);
-        dk_acc[c] = vec4<f32>(0.0);
-        dv_acc[c] = vec4<f32>(0.0);
-        if (valid) {
-            kr[c] = load4_k(base + row * D + 4u * c) * scale;
-            vr[c] = load4_v(base + row * D + 4u * c);
-        }
-    }
+    // per key row r (row first + r · BR): row{r}, valid{r}, at{r}; k{r}_0..15 (scaled),
+    // v{r}_0..15, dk{r}_0..15 and dv{r}_0..15 (zero)
+    {{ unrolled_registers }}
 
     for (var t = 0u; t < n; t += BQ) {
         workgroupBarrier();
@@ -102,36 +93,13 @@ fn main(
         }
         workgroupBarrier();
 
-        let count = min(BQ, n - t);
-        for (var i = 0u; i < count; i++) {
-            var s = 0.0;
-            var dp = 0.0;
-            for (var c = 0u; c < D4; c++) {
-                s += dot(kr[c], q_tile[i * D4 + c]);
-                dp += dot(vr[c], do_tile[i * D4 + c]);
-            }
-            let p = exp(s - lse_tile[i]);
-            let ds = p * (dp - delta_tile[i]);
-            for (var c = 0u; c < D4; c++) {
-                dv_acc[c] += p * do_tile[i * D4 + c];
-                dk_acc[c] += ds * q_tile[i * D4 + c];
-            }
+        for (var i0 = 0u; i0 < BQ; i0 += U) {
+            // queries t + i0 + u, u < U (padding ones weigh P = 0): dv{r} += P dO,
+            // dk{r} += P (dO·v − delta) q
+            {{ unrolled_step }}
         }
     }
 
-    if (valid) {
-        let at = base + row * D;
-        for (var c = 0u; c < D4; c++) {
-            let a = dk_acc[c] * scale;
-            let b = dv_acc[c];
-            dk[at + 4u * c] = {{ elem }}(a.x);
-            dk[at + 4u * c + 1u] = {{ elem }}(a.y);
-            dk[at + 4u * c + 2u] = {{ elem }}(a.z);
-            dk[at + 4u * c + 3u] = {{ elem }}(a.w);
-            dv[at + 4u * c] = {{ elem }}(b.x);
-            dv[at + 4u * c + 1u] = {{ elem }}(b.y);
-            dv[at + 4u * c + 2u] = {{ elem }}(b.z);
-            dv[at + 4u * c + 3u] = {{ elem }}(b.w);
-        }
-    }
+    // per key row r, if valid{r}: dk[at{r} ..] = dk{r} · scale, dv[at{r} ..] = dv{r}
+    {{ unrolled_store }}
 }

@@ -1,5 +1,6 @@
-// Fused attention backward, pass 2 of 3: dQ. One invocation per query row i (BR rows of one
-// (batch, head) per workgroup), K and V tiles of BC rows in workgroup memory (8 KiB at BC = 16).
+// Fused attention backward, pass 2 of 3: dQ. BR invocations of R query rows each (BR · R rows of
+// one (batch, head) per workgroup; the forward's two shapes, see attention_forward.wgsl), K and V
+// tiles of BC rows in workgroup memory (8 KiB at BC = 16), U keys per unrolled step.
 // With P_ij = exp(scale·q_i·k_j − lse_i) recomputed from the saved log-sum-exp:
 //   dS_ij = P_ij (dO_i·v_j − delta_i),   dQ_i = scale · Σ_j dS_ij k_j.
 // Each dQ row is summed by one invocation in key order: no atomics, same result every run.
@@ -17,7 +18,9 @@
 const D: u32 = 64u;
 const D4: u32 = 16u;
 const BR: u32 = {{ br }}u;
+const R: u32 = {{ rows }}u;
 const BC: u32 = {{ bc }}u;
+const U: u32 = {{ unroll }}u;
 
 var<workgroup> k_tile: array<vec4<f32>, BC * D4>;
 var<workgroup> v_tile: array<vec4<f32>, BC * D4>;
@@ -47,32 +50,16 @@ fn main(
     let bh_count = info[0];
     let scale = bitcast<f32>(info[2]);
 
-    let blocks = (n + BR - 1u) / BR;
+    let blocks = (n + BR * R - 1u) / (BR * R);
     let flat = wid.y * nwg.x + wid.x;
     let bh = flat / blocks;
-    let row = (flat % blocks) * BR + lid;
+    let first = (flat % blocks) * BR * R + lid;
     let live = bh < bh_count;
-    let valid = live && row < n;
     let base = bh * n * D;
 
-    var qr: array<vec4<f32>, D4>;
-    var dor: array<vec4<f32>, D4>;
-    var acc: array<vec4<f32>, D4>;
-    var lse_i = 0.0;
-    var delta_i = 0.0;
-    for (var c = 0u; c < D4; c++) {
-        qr[c] = vec4<f32>(0.0);
-        dor[c] = vec4<f32>(0.0);
-        acc[c] = vec4<f32>(0.0);
-        if (valid) {
-            qr[c] = load4_q(base + row * D + 4u * c) * scale;
-            dor[c] = load4_do(base + row * D + 4u * c);
-        }
-    }
-    if (valid) {
-        lse_i = stats[2u * (bh * n + row)];
-        delta_i = stats[2u * (bh * n + row) + 1u];
-    }
+    // per row r (row first + r · BR): row{r}, valid{r}, at{r}; q{r}_0..15 (scaled), do{r}_0..15,
+    // acc{r}_0..15 (zero); lse{r}, delta{r}
+    {{ unrolled_registers }}
 
     for (var t = 0u; t < n; t += BC) {
         workgroupBarrier();
@@ -90,27 +77,12 @@ fn main(
         }
         workgroupBarrier();
 
-        let count = min(BC, n - t);
-        for (var j = 0u; j < count; j++) {
-            var s = 0.0;
-            var dp = 0.0;
-            for (var c = 0u; c < D4; c++) {
-                s += dot(qr[c], k_tile[j * D4 + c]);
-                dp += dot(dor[c], v_tile[j * D4 + c]);
-            }
-            let ds = exp(s - lse_i) * (dp - delta_i);
-            for (var c = 0u; c < D4; c++) { acc[c] += ds * k_tile[j * D4 + c]; }
+        for (var j0 = 0u; j0 < BC; j0 += U) {
+            // keys t + j0 + u, u < U: ds = P (dO·v − delta), zero past N; acc{r} += ds · k
+            {{ unrolled_step }}
         }
     }
 
-    if (valid) {
-        let at = base + row * D;
-        for (var c = 0u; c < D4; c++) {
-            let r = acc[c] * scale;
-            dq[at + 4u * c] = {{ elem }}(r.x);
-            dq[at + 4u * c + 1u] = {{ elem }}(r.y);
-            dq[at + 4u * c + 2u] = {{ elem }}(r.z);
-            dq[at + 4u * c + 3u] = {{ elem }}(r.w);
-        }
-    }
+    // per row r, if valid{r}: dq[at{r} ..] = acc{r} · scale
+    {{ unrolled_store }}
 }

@@ -47,6 +47,14 @@ impl Rows {
     /// rows, one key per step, so each K/V read serves 32 rows. Measured against 8 × 8 and
     /// 8 × 16 (slower) and 8 × 64 (minutes to compile): BENCHMARKS.md, WGSL kernels.
     pub const CPU: Rows = Rows { invocations: 8, per_invocation: 32 };
+    /// The backward kernels' software-adapter shape: they keep twice the forward's registers per
+    /// row, and at 32 rows lavapipe compiles them for many minutes.
+    pub const CPU_BACKWARD: Rows = Rows { invocations: 8, per_invocation: 8 };
+
+    /// The shape of the backward kernels where the forward runs in `self`.
+    pub fn backward(self) -> Rows {
+        if self == Rows::CPU { Rows::CPU_BACKWARD } else { self }
+    }
 
     /// Query rows per workgroup.
     pub fn per_workgroup(self) -> u32 {
@@ -68,8 +76,8 @@ impl Rows {
 pub enum Shader {
     AttentionForward { f16: bool, rows: Rows },
     AttentionBackwardDelta { f16: bool },
-    AttentionBackwardDq { f16: bool },
-    AttentionBackwardDkDv { f16: bool },
+    AttentionBackwardDq { f16: bool, rows: Rows },
+    AttentionBackwardDkDv { f16: bool, rows: Rows },
     Sinkhorn { pass: u32 },
     Koleo { pass: u32 },
     Knn { pass: u32 },
@@ -80,10 +88,12 @@ impl Shader {
     pub fn all() -> Vec<Shader> {
         let mut all = Vec::new();
         for f16 in [false, true] {
-            all.extend([Rows::GPU, Rows::CPU].map(|rows| Shader::AttentionForward { f16, rows }));
             all.push(Shader::AttentionBackwardDelta { f16 });
-            all.push(Shader::AttentionBackwardDq { f16 });
-            all.push(Shader::AttentionBackwardDkDv { f16 });
+            for rows in [Rows::GPU, Rows::CPU] {
+                all.push(Shader::AttentionForward { f16, rows });
+                all.push(Shader::AttentionBackwardDq { f16, rows: rows.backward() });
+                all.push(Shader::AttentionBackwardDkDv { f16, rows: rows.backward() });
+            }
         }
         all.extend(SINKHORN_PASSES.iter().map(|&pass| Shader::Sinkhorn { pass }));
         all.extend([0, 1].map(|pass| Shader::Koleo { pass }));
@@ -108,17 +118,34 @@ impl Shader {
                     .register("unrolled_step", forward_step(rows))
                     .register("unrolled_store", forward_store(rows, ty))
             }
-            Shader::AttentionBackwardDq { f16 } | Shader::AttentionBackwardDkDv { f16 } => {
-                let source = match self {
-                    Shader::AttentionBackwardDq { .. } => ATTENTION_BACKWARD_DQ,
-                    _ => ATTENTION_BACKWARD,
-                };
+            Shader::AttentionBackwardDq { f16, rows } => {
                 let (ty, enable) = elem(f16);
-                SourceTemplate::new(source)
+                SourceTemplate::new(ATTENTION_BACKWARD_DQ)
                     .register("elem", ty)
                     .register("enable", enable)
-                    .register("br", ATTENTION_ROWS.to_string())
+                    .register("br", rows.invocations.to_string())
+                    .register("rows", rows.per_invocation.to_string())
                     .register("bc", ATTENTION_TILE.to_string())
+                    .register("unroll", rows.unroll().to_string())
+                    .register("unrolled_registers", dq_registers(rows))
+                    .register("unrolled_step", dq_step(rows))
+                    .register("unrolled_store", store(rows, &[("dq", "acc", " * scale")], ty))
+            }
+            Shader::AttentionBackwardDkDv { f16, rows } => {
+                let (ty, enable) = elem(f16);
+                SourceTemplate::new(ATTENTION_BACKWARD)
+                    .register("elem", ty)
+                    .register("enable", enable)
+                    .register("br", rows.invocations.to_string())
+                    .register("rows", rows.per_invocation.to_string())
+                    .register("bc", ATTENTION_TILE.to_string())
+                    .register("unroll", rows.unroll().to_string())
+                    .register("unrolled_registers", dkdv_registers(rows))
+                    .register("unrolled_step", dkdv_step(rows))
+                    .register(
+                        "unrolled_store",
+                        store(rows, &[("dk", "dk", " * scale"), ("dv", "dv", "")], ty),
+                    )
             }
             Shader::AttentionBackwardDelta { f16 } => {
                 let (ty, enable) = elem(f16);
@@ -202,7 +229,10 @@ pub fn expand(shader: Shader) -> String {
 const D4: usize = 16;
 
 fn tile_at(tile: &str, u: usize, c: usize) -> String {
-    format!("{tile}[(j0 + {u}u) * D4 + {c}u]")
+    format!(
+        "{tile}[({} + {u}u) * D4 + {c}u]",
+        if tile == "q_tile" || tile == "do_tile" { "i0" } else { "j0" }
+    )
 }
 
 fn lines(items: impl Iterator<Item = String>) -> String {
@@ -286,20 +316,127 @@ fn forward_step(rows: Rows) -> String {
 
 /// Per row r: `acc{r}` divided by the row sum to `o` (as `elem`) and the log-sum-exp to `lse`.
 fn forward_store(rows: Rows, elem: &str) -> String {
+    let lse = lines((0..rows.per_invocation()).map(|r| {
+        format!("let inv{r} = 1.0 / l{r};\n    if (valid{r}) {{ lse[bh * n + row{r}] = m{r} + log(l{r}); }}")
+    }));
+    format!("{lse}\n    {}", store(rows, &[("o", "acc", " * inv{r}")], elem))
+}
+
+/// Per row r: `row{r}`, `valid{r}`, `at{r}`, the zeroed registers `{name}{r}_0..15` of `zero`
+/// and `loaded` (the latter filled from `at{r}` by `(name, load fn, factor)` where valid), and
+/// `extra` (per-row statements with `{r}` for the row).
+fn row_registers(rows: Rows, zero: &[&str], loaded: &[(&str, &str, &str)], extra: &str) -> String {
     lines((0..rows.per_invocation()).map(|r| {
-        let stores = (0..D4).map(|c| {
-            let base = 4 * c;
-            format!(
-                "{{ let x = acc{r}_{c} * inv; o[at{r} + {base}u] = {elem}(x.x); o[at{r} + {}u] = {elem}(x.y); \
-                 o[at{r} + {}u] = {elem}(x.z); o[at{r} + {}u] = {elem}(x.w); }}",
-                base + 1,
-                base + 2,
-                base + 3
-            )
-        });
-        format!(
-            "if (valid{r}) {{\n        let inv = 1.0 / l{r};\n        {}\n        lse[bh * n + row{r}] = m{r} + log(l{r});\n    }}",
-            stores.collect::<Vec<_>>().join("\n        ")
-        )
+        let mut out = vec![format!(
+            "let row{r} = first + {r}u * BR;\n    let valid{r} = live && row{r} < n;\n    let at{r} = base + row{r} * D;"
+        )];
+        for name in zero.iter().chain(loaded.iter().map(|l| &l.0)) {
+            out.extend((0..D4).map(|c| format!("var {name}{r}_{c} = vec4<f32>(0.0);")));
+        }
+        let mut fill: Vec<String> = Vec::new();
+        for (name, load, factor) in loaded {
+            fill.extend((0..D4).map(|c| format!("{name}{r}_{c} = {load}(at{r} + {}u){factor};", 4 * c)));
+        }
+        out.push(extra.replace("{r}", &r.to_string()));
+        out.push(format!("if (valid{r}) {{\n        {}\n    }}", fill.join("\n        ")));
+        out.join("\n    ")
     }))
+}
+
+/// Per row r, if valid: registers `{reg}{r}_0..15` (times `factor`) to row `at{r}` of `buffer`.
+fn store(rows: Rows, outputs: &[(&str, &str, &str)], elem: &str) -> String {
+    lines((0..rows.per_invocation()).map(|r| {
+        let mut out = Vec::new();
+        for (buffer, reg, factor) in outputs {
+            out.extend((0..D4).map(|c| {
+                let b = 4 * c;
+                format!(
+                    "{{ let x = {reg}{r}_{c}{}; {buffer}[at{r} + {b}u] = {elem}(x.x); {buffer}[at{r} + {}u] = {elem}(x.y); \
+                     {buffer}[at{r} + {}u] = {elem}(x.z); {buffer}[at{r} + {}u] = {elem}(x.w); }}",
+                    factor.replace("{r}", &r.to_string()),
+                    b + 1,
+                    b + 2,
+                    b + 3
+                )
+            }));
+        }
+        format!("if (valid{r}) {{\n        {}\n    }}", out.join("\n        "))
+    }))
+}
+
+fn dq_registers(rows: Rows) -> String {
+    row_registers(
+        rows,
+        &["acc"],
+        &[("q", "load4_q", " * scale"), ("do", "load4_do", "")],
+        "var lse{r} = 0.0;\n    var delta{r} = 0.0;\n    \
+         if (valid{r}) { lse{r} = stats[2u * (bh * n + row{r})]; delta{r} = stats[2u * (bh * n + row{r}) + 1u]; }",
+    )
+}
+
+/// dQ, U keys: with one row the K/V reads sit in the arithmetic, with several each key's K and V
+/// vectors are read once into named values every row uses (see `forward_step`).
+fn dq_step(rows: Rows) -> String {
+    let (rr, uu) = (rows.per_invocation(), rows.unroll());
+    let mut out = Vec::new();
+    for u in 0..uu {
+        let (kt, vt): (Vec<String>, Vec<String>) = if rr == 1 {
+            (
+                (0..D4).map(|c| tile_at("k_tile", u, c)).collect(),
+                (0..D4).map(|c| tile_at("v_tile", u, c)).collect(),
+            )
+        } else {
+            ((0..D4).map(|c| format!("kt{c}")).collect(), (0..D4).map(|c| format!("vt{c}")).collect())
+        };
+        let mut block: Vec<String> = Vec::new();
+        if rr > 1 {
+            block.extend((0..D4).map(|c| format!("let kt{c} = {};", tile_at("k_tile", u, c))));
+            block.extend((0..D4).map(|c| format!("let vt{c} = {};", tile_at("v_tile", u, c))));
+        }
+        for r in 0..rr {
+            let s = sum((0..D4).map(|c| format!("dot(q{r}_{c}, {})", kt[c])));
+            let dp = sum((0..D4).map(|c| format!("dot(do{r}_{c}, {})", vt[c])));
+            block.push(format!(
+                "let ds{r}_{u} = select(0.0, exp({s} - lse{r}) * ({dp} - delta{r}), t + j0 + {u}u < n);"
+            ));
+            block.extend((0..D4).map(|c| format!("acc{r}_{c} = acc{r}_{c} + ds{r}_{u} * {};", kt[c])));
+        }
+        out.push(format!("{{\n        {}\n    }}", block.join("\n        ")));
+    }
+    out.join("\n    ")
+}
+
+fn dkdv_registers(rows: Rows) -> String {
+    row_registers(rows, &["dk", "dv"], &[("k", "load4_k", " * scale"), ("v", "load4_v", "")], "")
+}
+
+/// dK and dV, U queries (see `dq_step`).
+fn dkdv_step(rows: Rows) -> String {
+    let (rr, uu) = (rows.per_invocation(), rows.unroll());
+    let mut out = Vec::new();
+    for u in 0..uu {
+        let (qt, gt): (Vec<String>, Vec<String>) = if rr == 1 {
+            (
+                (0..D4).map(|c| tile_at("q_tile", u, c)).collect(),
+                (0..D4).map(|c| tile_at("do_tile", u, c)).collect(),
+            )
+        } else {
+            ((0..D4).map(|c| format!("qt{c}")).collect(), (0..D4).map(|c| format!("gt{c}")).collect())
+        };
+        let mut block =
+            vec![format!("let lse_u = lse_tile[i0 + {u}u];\n        let delta_u = delta_tile[i0 + {u}u];")];
+        if rr > 1 {
+            block.extend((0..D4).map(|c| format!("let qt{c} = {};", tile_at("q_tile", u, c))));
+            block.extend((0..D4).map(|c| format!("let gt{c} = {};", tile_at("do_tile", u, c))));
+        }
+        for r in 0..rr {
+            let s = sum((0..D4).map(|c| format!("dot(k{r}_{c}, {})", qt[c])));
+            let dp = sum((0..D4).map(|c| format!("dot(v{r}_{c}, {})", gt[c])));
+            block.push(format!("let p{r} = exp({s} - lse_u);\n        let ds{r} = p{r} * ({dp} - delta_u);"));
+            block.extend((0..D4).map(|c| format!("dv{r}_{c} = dv{r}_{c} + p{r} * {};", gt[c])));
+            block.extend((0..D4).map(|c| format!("dk{r}_{c} = dk{r}_{c} + ds{r} * {};", qt[c])));
+        }
+        out.push(format!("{{\n        {}\n    }}", block.join("\n        ")));
+    }
+    out.join("\n    ")
 }

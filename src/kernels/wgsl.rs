@@ -15,8 +15,7 @@ use burn::tensor::{DType, Shape};
 
 use super::KernelOps;
 use super::shaders::{
-    ATTENTION_ROWS, KNN_DATABASE_BLOCK, KNN_QUERY_BLOCK, KOLEO_MICRO, KOLEO_TILE_BUDGET, REDUCE_WG, Rows,
-    Shader,
+    KNN_DATABASE_BLOCK, KNN_QUERY_BLOCK, KOLEO_MICRO, KOLEO_TILE_BUDGET, REDUCE_WG, Rows, Shader,
 };
 
 /// One launchable variant.
@@ -110,10 +109,10 @@ fn attention_groups(bh: usize, n: usize, rows_per_group: u32) -> usize {
     bh * n.div_ceil(rows_per_group as usize)
 }
 
-/// `DINOV2_ATTENTION_SHAPE=gpu` or `cpu` forces the attention forward's shape ([`Rows::GPU`],
-/// [`Rows::CPU`]) on every adapter, for tests and measurements; read once per process. Unset,
-/// the adapter decides ([`forward_rows`]).
-pub fn forced_forward_rows() -> Option<Rows> {
+/// `DINOV2_ATTENTION_SHAPE=gpu` or `cpu` forces the attention kernels' shape ([`Rows::GPU`],
+/// [`Rows::CPU`] and its [`Rows::backward`]) on every adapter, for tests and measurements; read
+/// once per process. Unset, the adapter decides ([`attention_rows`]).
+pub fn forced_attention_rows() -> Option<Rows> {
     static FORCED: std::sync::OnceLock<Option<Rows>> = std::sync::OnceLock::new();
     *FORCED.get_or_init(|| match std::env::var("DINOV2_ATTENTION_SHAPE").ok()?.as_str() {
         "gpu" => Some(Rows::GPU),
@@ -125,10 +124,10 @@ pub fn forced_forward_rows() -> Option<Rows> {
     })
 }
 
-/// The forward's shape for the adapter `t` lives on: [`Rows::CPU`] on a software adapter
+/// The attention forward's shape for the adapter `t` lives on: [`Rows::CPU`] on a software adapter
 /// (cubecl describes no physical card there), [`Rows::GPU`] elsewhere.
-fn forward_rows(t: &CubeTensor) -> Rows {
-    forced_forward_rows().unwrap_or_else(|| {
+fn attention_rows(t: &CubeTensor) -> Rows {
+    forced_attention_rows().unwrap_or_else(|| {
         if t.client.properties().identity.physical.is_none() { Rows::CPU } else { Rows::GPU }
     })
 }
@@ -157,7 +156,7 @@ impl KernelOps for CubeBackend {
         let lse = empty(&q, Shape::new([d[0], d[1], d[2]]), DType::F32);
         if bh * n > 0 {
             let params = info(&q, &[bh as u32, n as u32, scale.to_bits()]);
-            let rows = forward_rows(&q);
+            let rows = attention_rows(&q);
             launch(
                 &q,
                 Shader::AttentionForward { f16, rows },
@@ -206,11 +205,12 @@ impl KernelOps for CubeBackend {
             vec![out.handle.clone(), dout.handle.clone(), lse.handle.clone(), stats.clone(), params],
         );
         let params = info(&q, &[bh as u32, n as u32, scale.to_bits()]);
+        let rows = attention_rows(&q).backward();
         launch(
             &q,
-            Shader::AttentionBackwardDq { f16 },
-            CubeDim::new_1d(ATTENTION_ROWS),
-            attention_groups(bh, n, ATTENTION_ROWS),
+            Shader::AttentionBackwardDq { f16, rows },
+            CubeDim::new_1d(rows.invocations),
+            attention_groups(bh, n, rows.per_workgroup()),
             vec![
                 q.handle.clone(),
                 k.handle.clone(),
@@ -223,9 +223,9 @@ impl KernelOps for CubeBackend {
         );
         launch(
             &q,
-            Shader::AttentionBackwardDkDv { f16 },
-            CubeDim::new_1d(ATTENTION_ROWS),
-            attention_groups(bh, n, ATTENTION_ROWS),
+            Shader::AttentionBackwardDkDv { f16, rows },
+            CubeDim::new_1d(rows.invocations),
+            attention_groups(bh, n, rows.per_workgroup()),
             vec![
                 q.handle.clone(),
                 k.handle.clone(),

@@ -53,8 +53,8 @@ fn every_shader_parses_and_validates_with_naga() {
     let variants = Shader::all();
     assert_eq!(
         variants.len(),
-        17,
-        "5 attention kernels (the forward in two shapes) × (f32, f16), 3 Sinkhorn passes, 2 KoLeo passes, 2 k-NN passes"
+        21,
+        "(delta + forward, dQ and dK/dV in two shapes) × (f32, f16), 3 Sinkhorn passes, 2 KoLeo passes, 2 k-NN passes"
     );
     for shader in variants {
         let source = expand(shader);
@@ -155,46 +155,44 @@ fn fused_attention_and_its_gradients_match_the_reference_on_the_cpu_backend() {
 }
 
 #[test]
-fn both_shapes_of_the_forward_match_the_reference_on_wgpu() {
-    // The adapter picks one shape of the forward kernel (a GPU: one row per invocation; a
-    // software adapter: 32 rows per invocation) and the tests above check that one with its
-    // gradients. Both shapes, each in a process of its own: the choice is read once per process.
+fn both_shapes_of_the_kernels_match_the_reference_on_wgpu() {
+    // The adapter picks one shape of the attention kernels (a GPU: one row per invocation; a
+    // software adapter: 32 rows per invocation in the forward, 8 in the backward) and the tests
+    // above check that one. Both shapes, each in a process of its own: the choice is read once
+    // per process.
     for shape in ["gpu", "cpu"] {
         let status = std::process::Command::new(std::env::current_exe().expect("test binary"))
-            .args(["--exact", "kernels::the_forced_shape_of_the_forward_matches_the_reference", "--ignored"])
+            .args(["--exact", "kernels::the_forced_shape_of_the_kernels_matches_the_reference", "--ignored"])
             .env("DINOV2_ATTENTION_SHAPE", shape)
             .status()
             .expect("run the test binary");
-        assert!(status.success(), "the forward in the {shape} shape failed (output above)");
+        assert!(status.success(), "the kernels in the {shape} shape failed (output above)");
     }
 }
 
 #[test]
-#[ignore = "run by both_shapes_of_the_forward_match_the_reference_on_wgpu with DINOV2_ATTENTION_SHAPE set"]
-fn the_forced_shape_of_the_forward_matches_the_reference() {
-    use dinov2_wgpu::kernels::wgsl::forced_forward_rows;
+#[ignore = "run by both_shapes_of_the_kernels_match_the_reference_on_wgpu with DINOV2_ATTENTION_SHAPE set"]
+fn the_forced_shape_of_the_kernels_matches_the_reference() {
+    use dinov2_wgpu::kernels::wgsl::forced_attention_rows;
     let want_rows = match std::env::var("DINOV2_ATTENTION_SHAPE").as_deref() {
         Ok("gpu") => Rows::GPU,
         Ok("cpu") => Rows::CPU,
         other => panic!("DINOV2_ATTENTION_SHAPE must be gpu or cpu here, got {other:?}"),
     };
-    assert_eq!(forced_forward_rows(), Some(want_rows));
+    assert_eq!(forced_attention_rows(), Some(want_rows));
     let (device, cpu) = (wgpu_device(), ndarray_device());
     for (i, &shape) in ATTENTION_SHAPES.iter().enumerate() {
         let data = attention_data(shape, 200 + i as u64);
-        let forward = |device: &Device, which| {
-            let [q, k, v] = [0, 1, 2].map(|j| tensor(&data[j], shape, device));
-            host(kernels::attention(q, k, v, which))
-        };
-        let want = forward(&cpu, AttentionImpl::Reference);
-        let got = forward(&device, AttentionImpl::Fused);
-        let e = err(&got, &want);
-        assert!(e <= 1e-4, "{want_rows:?} {shape:?}: max abs error {e:.2e} > 1e-4");
-        assert_eq!(
-            got,
-            forward(&device, AttentionImpl::Fused),
-            "{want_rows:?} {shape:?}: a repeated run differs"
-        );
+        let want = attention_with_grads(&cpu, AttentionImpl::Reference, shape, &data);
+        let got = attention_with_grads(&device, AttentionImpl::Fused, shape, &data);
+        for (name, (g, w)) in ["out", "dq", "dk", "dv"].iter().zip(got.iter().zip(&want)) {
+            let e = err(g, w);
+            assert!(e <= 1e-4, "{want_rows:?} {shape:?} {name}: max abs error {e:.2e} > 1e-4");
+        }
+        if shape == [2, 6, 257, 64] {
+            let again = attention_with_grads(&device, AttentionImpl::Fused, shape, &data);
+            assert_eq!(got, again, "{want_rows:?} {shape:?}: a repeated run differs");
+        }
     }
 }
 
