@@ -12,7 +12,7 @@ pub const SINKHORN: &str = include_str!("../../shaders/sinkhorn.wgsl");
 pub const KOLEO: &str = include_str!("../../shaders/koleo.wgsl");
 pub const KNN: &str = include_str!("../../shaders/knn.wgsl");
 
-/// Query (or key) rows per attention workgroup, one invocation each.
+/// Query (or key) rows per attention workgroup in the GPU shape ([`Rows::GPU`]), one invocation each.
 pub const ATTENTION_ROWS: u32 = 64;
 /// Rows per K/V (or Q/dO) tile in workgroup memory: 2 · 16 · 64 · 4 B = 8 KiB.
 pub const ATTENTION_TILE: u32 = 16;
