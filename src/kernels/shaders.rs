@@ -228,11 +228,10 @@ pub fn expand(shader: Shader) -> String {
 
 const D4: usize = 16;
 
-fn tile_at(tile: &str, u: usize, c: usize) -> String {
-    format!(
-        "{tile}[({} + {u}u) * D4 + {c}u]",
-        if tile == "q_tile" || tile == "do_tile" { "i0" } else { "j0" }
-    )
+/// Vector c of row `step + u` of a workgroup tile (`step`: the inner loop's `j0` over keys, or
+/// `i0` over queries in the dK/dV pass).
+fn tile_at(tile: &str, step: &str, u: usize, c: usize) -> String {
+    format!("{tile}[({step} + {u}u) * D4 + {c}u]")
 }
 
 fn lines(items: impl Iterator<Item = String>) -> String {
@@ -272,12 +271,12 @@ fn forward_step(rows: Rows) -> String {
     for u in 0..uu {
         let live = format!("t + j0 + {u}u < n");
         if rr == 1 {
-            let dot = sum((0..D4).map(|c| format!("dot(q0_{c}, {})", tile_at("k_tile", u, c))));
+            let dot = sum((0..D4).map(|c| format!("dot(q0_{c}, {})", tile_at("k_tile", "j0", u, c))));
             out.push(format!("let s0_{u} = select(NEG, {dot}, {live});\n    mn0 = max(mn0, s0_{u});"));
         } else {
             out.extend((0..rr).map(|r| format!("var s{r}_{u} = NEG;")));
             let mut block: Vec<String> =
-                (0..D4).map(|c| format!("let k{c} = {};", tile_at("k_tile", u, c))).collect();
+                (0..D4).map(|c| format!("let k{c} = {};", tile_at("k_tile", "j0", u, c))).collect();
             for r in 0..rr {
                 let dot = sum((0..D4).map(|c| format!("dot(q{r}_{c}, k{c})")));
                 block.push(format!(
@@ -294,7 +293,7 @@ fn forward_step(rows: Rows) -> String {
     }
     if rr == 1 {
         for c in 0..D4 {
-            let terms = sum((0..uu).map(|u| format!("p0_{u} * {}", tile_at("v_tile", u, c))));
+            let terms = sum((0..uu).map(|u| format!("p0_{u} * {}", tile_at("v_tile", "j0", u, c))));
             out.push(format!("acc0_{c} = acc0_{c} * corr0 + {terms};"));
         }
     } else {
@@ -303,7 +302,7 @@ fn forward_step(rows: Rows) -> String {
         }
         for u in 0..uu {
             let mut block: Vec<String> =
-                (0..D4).map(|c| format!("let v{c} = {};", tile_at("v_tile", u, c))).collect();
+                (0..D4).map(|c| format!("let v{c} = {};", tile_at("v_tile", "j0", u, c))).collect();
             for r in 0..rr {
                 block.extend((0..D4).map(|c| format!("acc{r}_{c} = acc{r}_{c} + p{r}_{u} * v{c};")));
             }
@@ -382,16 +381,16 @@ fn dq_step(rows: Rows) -> String {
     for u in 0..uu {
         let (kt, vt): (Vec<String>, Vec<String>) = if rr == 1 {
             (
-                (0..D4).map(|c| tile_at("k_tile", u, c)).collect(),
-                (0..D4).map(|c| tile_at("v_tile", u, c)).collect(),
+                (0..D4).map(|c| tile_at("k_tile", "j0", u, c)).collect(),
+                (0..D4).map(|c| tile_at("v_tile", "j0", u, c)).collect(),
             )
         } else {
             ((0..D4).map(|c| format!("kt{c}")).collect(), (0..D4).map(|c| format!("vt{c}")).collect())
         };
         let mut block: Vec<String> = Vec::new();
         if rr > 1 {
-            block.extend((0..D4).map(|c| format!("let kt{c} = {};", tile_at("k_tile", u, c))));
-            block.extend((0..D4).map(|c| format!("let vt{c} = {};", tile_at("v_tile", u, c))));
+            block.extend((0..D4).map(|c| format!("let kt{c} = {};", tile_at("k_tile", "j0", u, c))));
+            block.extend((0..D4).map(|c| format!("let vt{c} = {};", tile_at("v_tile", "j0", u, c))));
         }
         for r in 0..rr {
             let s = sum((0..D4).map(|c| format!("dot(q{r}_{c}, {})", kt[c])));
@@ -417,8 +416,8 @@ fn dkdv_step(rows: Rows) -> String {
     for u in 0..uu {
         let (qt, gt): (Vec<String>, Vec<String>) = if rr == 1 {
             (
-                (0..D4).map(|c| tile_at("q_tile", u, c)).collect(),
-                (0..D4).map(|c| tile_at("do_tile", u, c)).collect(),
+                (0..D4).map(|c| tile_at("q_tile", "i0", u, c)).collect(),
+                (0..D4).map(|c| tile_at("do_tile", "i0", u, c)).collect(),
             )
         } else {
             ((0..D4).map(|c| format!("qt{c}")).collect(), (0..D4).map(|c| format!("gt{c}")).collect())
@@ -426,8 +425,8 @@ fn dkdv_step(rows: Rows) -> String {
         let mut block =
             vec![format!("let lse_u = lse_tile[i0 + {u}u];\n        let delta_u = delta_tile[i0 + {u}u];")];
         if rr > 1 {
-            block.extend((0..D4).map(|c| format!("let qt{c} = {};", tile_at("q_tile", u, c))));
-            block.extend((0..D4).map(|c| format!("let gt{c} = {};", tile_at("do_tile", u, c))));
+            block.extend((0..D4).map(|c| format!("let qt{c} = {};", tile_at("q_tile", "i0", u, c))));
+            block.extend((0..D4).map(|c| format!("let gt{c} = {};", tile_at("do_tile", "i0", u, c))));
         }
         for r in 0..rr {
             let s = sum((0..D4).map(|c| format!("dot(k{r}_{c}, {})", qt[c])));
