@@ -105,47 +105,40 @@ impl Shader {
     pub fn template(self) -> SourceTemplate {
         let elem = |f16: bool| if f16 { ("f16", "enable f16;") } else { ("f32", "") };
         match self {
-            Shader::AttentionForward { f16, rows } => {
+            Shader::AttentionForward { f16, rows }
+            | Shader::AttentionBackwardDq { f16, rows }
+            | Shader::AttentionBackwardDkDv { f16, rows } => {
                 let (ty, enable) = elem(f16);
-                SourceTemplate::new(ATTENTION_FORWARD)
-                    .register("elem", ty)
-                    .register("enable", enable)
-                    .register("br", rows.invocations.to_string())
-                    .register("rows", rows.per_invocation.to_string())
-                    .register("bc", ATTENTION_TILE.to_string())
-                    .register("unroll", rows.unroll().to_string())
-                    .register("unrolled_registers", forward_registers(rows))
-                    .register("unrolled_step", forward_step(rows))
-                    .register("unrolled_store", forward_store(rows, ty))
-            }
-            Shader::AttentionBackwardDq { f16, rows } => {
-                let (ty, enable) = elem(f16);
-                SourceTemplate::new(ATTENTION_BACKWARD_DQ)
-                    .register("elem", ty)
-                    .register("enable", enable)
-                    .register("br", rows.invocations.to_string())
-                    .register("rows", rows.per_invocation.to_string())
-                    .register("bc", ATTENTION_TILE.to_string())
-                    .register("unroll", rows.unroll().to_string())
-                    .register("unrolled_registers", dq_registers(rows))
-                    .register("unrolled_step", dq_step(rows))
-                    .register("unrolled_store", store(rows, &[("dq", "acc", " * scale")], ty))
-            }
-            Shader::AttentionBackwardDkDv { f16, rows } => {
-                let (ty, enable) = elem(f16);
-                SourceTemplate::new(ATTENTION_BACKWARD)
-                    .register("elem", ty)
-                    .register("enable", enable)
-                    .register("br", rows.invocations.to_string())
-                    .register("rows", rows.per_invocation.to_string())
-                    .register("bc", ATTENTION_TILE.to_string())
-                    .register("unroll", rows.unroll().to_string())
-                    .register("unrolled_registers", dkdv_registers(rows))
-                    .register("unrolled_step", dkdv_step(rows))
-                    .register(
-                        "unrolled_store",
+                let (source, registers, step, store) = match self {
+                    Shader::AttentionForward { .. } => (
+                        ATTENTION_FORWARD,
+                        forward_registers(rows),
+                        forward_step(rows),
+                        forward_store(rows, ty),
+                    ),
+                    Shader::AttentionBackwardDq { .. } => (
+                        ATTENTION_BACKWARD_DQ,
+                        dq_registers(rows),
+                        dq_step(rows),
+                        store(rows, &[("dq", "acc", " * scale")], ty),
+                    ),
+                    _ => (
+                        ATTENTION_BACKWARD,
+                        dkdv_registers(rows),
+                        dkdv_step(rows),
                         store(rows, &[("dk", "dk", " * scale"), ("dv", "dv", "")], ty),
-                    )
+                    ),
+                };
+                SourceTemplate::new(source)
+                    .register("elem", ty)
+                    .register("enable", enable)
+                    .register("br", rows.invocations.to_string())
+                    .register("rows", rows.per_invocation.to_string())
+                    .register("bc", ATTENTION_TILE.to_string())
+                    .register("unroll", rows.unroll().to_string())
+                    .register("unrolled_registers", registers)
+                    .register("unrolled_step", step)
+                    .register("unrolled_store", store)
             }
             Shader::AttentionBackwardDelta { f16 } => {
                 let (ty, enable) = elem(f16);
