@@ -309,9 +309,16 @@ pub fn sinkhorn_knopp_reference(logits: Tensor<2>, temperature: f32, iterations:
 /// inner product: the WGSL kernel on wgpu, [`koleo_nearest_reference`] elsewhere.
 pub fn koleo_nearest(x: Tensor<2>) -> Tensor<1, Int> {
     let x = x.cast(DType::F32);
-    if x.dims()[0] < 2 {
+    let [n, d] = x.dims();
+    if n < 2 {
         return koleo_nearest_reference(x);
     }
+    // the kernels read vec4: zeros add nothing to a dot product
+    let x = if d % 4 == 0 {
+        x
+    } else {
+        Tensor::cat(vec![x.clone(), Tensor::zeros([n, 4 - d % 4], &x.device())], 1)
+    };
     Tensor::from_dispatch(<Dispatch as KernelOps>::koleo_nearest(x.into_dispatch()))
 }
 

@@ -10,6 +10,7 @@ pub const ATTENTION_BACKWARD_DQ: &str = include_str!("../../shaders/attention_ba
 pub const ATTENTION_BACKWARD: &str = include_str!("../../shaders/attention_backward.wgsl");
 pub const SINKHORN: &str = include_str!("../../shaders/sinkhorn.wgsl");
 pub const KOLEO: &str = include_str!("../../shaders/koleo.wgsl");
+pub const KOLEO_REGISTERS: &str = include_str!("../../shaders/koleo_registers.wgsl");
 pub const KNN: &str = include_str!("../../shaders/knn.wgsl");
 
 /// Query (or key) rows per attention workgroup in the GPU shape ([`Rows::GPU`]), one invocation each.
@@ -18,11 +19,17 @@ pub const ATTENTION_ROWS: u32 = 64;
 pub const ATTENTION_TILE: u32 = 16;
 /// Invocations per workgroup of the Sinkhorn-Knopp passes and the delta pass.
 pub const REDUCE_WG: u32 = 256;
-/// Rows and columns of dot products per KoLeo invocation; a workgroup (8 × 8) covers a tile of
-/// 8 · KOLEO_MICRO rows against as many columns.
-pub const KOLEO_MICRO: usize = 8;
-/// Barrier rounds (column tiles of 64 × chunks of 16 of d) one KoLeo workgroup runs at most.
-pub const KOLEO_TILE_BUDGET: usize = 64;
+/// Rows and columns of one KoLeo tile in the GPU shape (shaders/koleo.wgsl): a workgroup of
+/// 16 × 16 invocations, 4 × 4 dot products each.
+pub const KOLEO_TILE: usize = 64;
+/// KoLeo in a software adapter's shape (shaders/koleo_registers.wgsl): invocations per
+/// workgroup, rows per invocation, columns per step.
+pub const KOLEO_CPU_INVOCATIONS: usize = 8;
+pub const KOLEO_CPU_ROWS: usize = 32;
+pub const KOLEO_CPU_COLUMNS: usize = 32;
+/// Rows and columns of dot products per k-NN invocation; a workgroup (8 × 8) covers a tile of
+/// 8 · KNN_MICRO rows against as many columns.
+pub const KNN_MICRO: usize = 8;
 /// Query rows and database rows of one k-NN tile: the similarity scratch of a tile is at most
 /// 8192 · 2048 f32 = 64 MiB, under the 128 MiB storage binding of software adapters and
 /// browsers. Tall tiles: the merge pass runs one invocation per query row, each scanning the
@@ -31,6 +38,17 @@ pub const KNN_QUERY_BLOCK: usize = 8192;
 pub const KNN_DATABASE_BLOCK: usize = 2048;
 /// Sinkhorn-Knopp passes: column scalings, row scalings, output.
 pub const SINKHORN_PASSES: [u32; 3] = [0, 1, 2];
+
+/// Which of its two shapes a kernel runs in. `Gpu`: the textbook GPU design (many invocations,
+/// a few registers each, tiles shared through workgroup memory). `Cpu`: for a software adapter
+/// (lavapipe), which runs 8 invocations in the lanes of one AVX register and performs every
+/// memory read inside a loop as 8 scalar reads: few invocations, many rows each, so that each
+/// read serves many multiply-adds. The attention kernels and KoLeo have both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelShape {
+    Gpu,
+    Cpu,
+}
 
 /// How an attention forward workgroup spreads its query rows over invocations (see
 /// shaders/attention_forward.wgsl): `invocations` of `per_invocation` rows each.
@@ -50,6 +68,14 @@ impl Rows {
     /// The backward kernels' software-adapter shape: they keep twice the forward's registers per
     /// row, and at 32 rows lavapipe compiles them for many minutes.
     pub const CPU_BACKWARD: Rows = Rows { invocations: 8, per_invocation: 8 };
+
+    /// The attention forward's rows in a kernel shape.
+    pub fn of(shape: KernelShape) -> Rows {
+        match shape {
+            KernelShape::Gpu => Rows::GPU,
+            KernelShape::Cpu => Rows::CPU,
+        }
+    }
 
     /// The shape of the backward kernels where the forward runs in `self`.
     pub fn backward(self) -> Rows {
@@ -74,13 +100,33 @@ impl Rows {
 /// A kernel to expand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Shader {
-    AttentionForward { f16: bool, rows: Rows },
-    AttentionBackwardDelta { f16: bool },
-    AttentionBackwardDq { f16: bool, rows: Rows },
-    AttentionBackwardDkDv { f16: bool, rows: Rows },
-    Sinkhorn { pass: u32 },
-    Koleo { pass: u32 },
-    Knn { pass: u32 },
+    AttentionForward {
+        f16: bool,
+        rows: Rows,
+    },
+    AttentionBackwardDelta {
+        f16: bool,
+    },
+    AttentionBackwardDq {
+        f16: bool,
+        rows: Rows,
+    },
+    AttentionBackwardDkDv {
+        f16: bool,
+        rows: Rows,
+    },
+    Sinkhorn {
+        pass: u32,
+    },
+    /// Pass 0 (the dot products and per-group candidates) in `shape`; pass 1 (the reduction
+    /// over groups) is one kernel, whatever `shape` says.
+    Koleo {
+        pass: u32,
+        shape: KernelShape,
+    },
+    Knn {
+        pass: u32,
+    },
 }
 
 impl Shader {
@@ -96,7 +142,8 @@ impl Shader {
             }
         }
         all.extend(SINKHORN_PASSES.iter().map(|&pass| Shader::Sinkhorn { pass }));
-        all.extend([0, 1].map(|pass| Shader::Koleo { pass }));
+        all.extend([KernelShape::Gpu, KernelShape::Cpu].map(|shape| Shader::Koleo { pass: 0, shape }));
+        all.push(Shader::Koleo { pass: 1, shape: KernelShape::Gpu });
         all.extend([0, 1].map(|pass| Shader::Knn { pass }));
         all
     }
@@ -150,64 +197,85 @@ impl Shader {
             Shader::Sinkhorn { pass } => SourceTemplate::new(SINKHORN)
                 .register("pass", pass.to_string())
                 .register("wg", REDUCE_WG.to_string()),
-            Shader::Koleo { pass } => SourceTemplate::new(KOLEO)
-                .register("pass", pass.to_string())
-                .register("micro", KOLEO_MICRO.to_string())
-                .register("tile", (8 * KOLEO_MICRO).to_string())
-                .register(
-                    "gemm_tile",
-                    gemm_tile(
-                        "if (i0 + row < n) { av = x[(i0 + row) * d + k0 + kk]; }",
-                        "if (j0 + row < n) { bv = x[(j0 + row) * d + k0 + kk]; }",
-                    ),
-                ),
+            Shader::Koleo { pass: 0, shape: KernelShape::Cpu } => SourceTemplate::new(KOLEO_REGISTERS)
+                .register("invocations", KOLEO_CPU_INVOCATIONS.to_string())
+                .register("rows", KOLEO_CPU_ROWS.to_string())
+                .register("columns", KOLEO_CPU_COLUMNS.to_string())
+                .register("unrolled_rows", koleo_rows())
+                .register("unrolled_columns", koleo_columns())
+                .register("unrolled_step", koleo_step())
+                .register("unrolled_best", koleo_best())
+                .register("unrolled_store", koleo_store()),
+            Shader::Koleo { pass, .. } => SourceTemplate::new(KOLEO).register("pass", pass.to_string()),
             Shader::Knn { pass } => SourceTemplate::new(KNN)
                 .register("pass", pass.to_string())
-                .register("micro", KOLEO_MICRO.to_string())
-                .register("tile", (8 * KOLEO_MICRO).to_string())
-                .register(
-                    "gemm_tile",
-                    gemm_tile(
-                        "if (i0 + row < qn) { av = queries[(q0 + i0 + row) * d + k0 + kk]; }",
-                        "if (j0 + row < cn) { bv = database[(c0 + j0 + row) * d + k0 + kk]; }",
-                    ),
-                ),
+                .register("micro", KNN_MICRO.to_string())
+                .register("tile", (8 * KNN_MICRO).to_string()),
         }
     }
 }
 
-/// The GEMM tile the KoLeo and k-NN kernels share: over d in chunks of DK, the workgroup stages
-/// a T-row block of A and of B (`[kk][row]` in `a_tile` / `b_tile`, zero past the edges), then
-/// invocation (tx, ty) adds its M x M block of dot products into `acc[r * M + c]`. The two
-/// statements load `av` (row `i0 + row` of A) and `bv` (row `j0 + row` of B) at column
-/// `k0 + kk`; they run only where `k0 + kk < d`.
-fn gemm_tile(load_a: &str, load_b: &str) -> String {
-    format!(
-        "for (var k0 = 0u; k0 < d; k0 += DK) {{
-        workgroupBarrier(); // the previous chunk has been consumed
-        for (var e = lid; e < DK * T; e += 64u) {{
-            let row = e / DK;
-            let kk = e % DK;
-            var av = 0.0;
-            var bv = 0.0;
-            if (k0 + kk < d) {{
-                {load_a}
-                {load_b}
-            }}
-            a_tile[kk * T + row] = av;
-            b_tile[kk * T + row] = bv;
-        }}
-        workgroupBarrier();
-        for (var kk = 0u; kk < DK; kk++) {{
-            var av: array<f32, M>;
-            for (var r = 0u; r < M; r++) {{ av[r] = a_tile[kk * T + ty * M + r]; }}
-            for (var c = 0u; c < M; c++) {{
-                let bv = b_tile[kk * T + tx * M + c];
-                for (var r = 0u; r < M; r++) {{ acc[r * M + c] += av[r] * bv; }}
-            }}
-        }}
-    }}"
-    )
+// Unrolled code for KoLeo's software-adapter shape (shaders/koleo_registers.wgsl): rows r <
+// KOLEO_CPU_ROWS, columns c < KOLEO_CPU_COLUMNS, registers s{r}_{q} holding columns 4q..4q+3.
+
+const XYZW: [&str; 4] = ["x", "y", "z", "w"];
+
+fn koleo_rows() -> String {
+    (0..KOLEO_CPU_ROWS)
+        .map(|r| {
+            format!(
+                "let row{r} = first + {r}u;\n    let ar{r} = min(row{r}, n - 1u) * d4;\n    \
+                 var best{r} = NEG;\n    var bj{r} = 0xffffffffu;"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n    ")
+}
+
+fn koleo_columns() -> String {
+    let offsets = (0..KOLEO_CPU_COLUMNS).map(|c| format!("let bc{c} = min(j0 + {c}u, n - 1u) * d4;"));
+    let zeros = (0..KOLEO_CPU_ROWS)
+        .flat_map(|r| (0..KOLEO_CPU_COLUMNS / 4).map(move |q| format!("var s{r}_{q} = vec4<f32>(0.0);")));
+    offsets.chain(zeros).collect::<Vec<_>>().join("\n        ")
+}
+
+fn koleo_step() -> String {
+    let a = (0..KOLEO_CPU_ROWS).map(|r| format!("let a{r} = x[ar{r} + k];"));
+    let b = (0..KOLEO_CPU_COLUMNS).map(|c| format!("let b{c} = x[bc{c} + k];"));
+    let fma = (0..KOLEO_CPU_ROWS).flat_map(|r| {
+        (0..KOLEO_CPU_COLUMNS / 4).map(move |q| {
+            let dots: Vec<String> = (0..4).map(|e| format!("dot(a{r}, b{})", 4 * q + e)).collect();
+            format!("s{r}_{q} += vec4<f32>({});", dots.join(", "))
+        })
+    });
+    a.chain(b).chain(fma).collect::<Vec<_>>().join("\n            ")
+}
+
+fn koleo_best() -> String {
+    (0..KOLEO_CPU_COLUMNS)
+        .map(|c| {
+            let rows: Vec<String> = (0..KOLEO_CPU_ROWS)
+                .map(|r| {
+                    let s = format!("s{r}_{}.{}", c / 4, XYZW[c % 4]);
+                    format!("if (j != row{r} && {s} > best{r}) {{ best{r} = {s}; bj{r} = j; }}")
+                })
+                .collect();
+            format!("{{\n            let j = j0 + {c}u;\n            if (j < n) {{\n                {}\n            }}\n        }}", rows.join("\n                "))
+        })
+        .collect::<Vec<_>>()
+        .join("\n        ")
+}
+
+fn koleo_store() -> String {
+    (0..KOLEO_CPU_ROWS)
+        .map(|r| {
+            format!(
+                "if (row{r} < n) {{ part_val[row{r} * groups + group] = best{r}; \
+                 part_idx[row{r} * groups + group] = bj{r}; }}"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n    ")
 }
 
 /// The WGSL text of a kernel variant, every slot filled.

@@ -15,7 +15,8 @@ use burn::tensor::{DType, Shape};
 
 use super::KernelOps;
 use super::shaders::{
-    KNN_DATABASE_BLOCK, KNN_QUERY_BLOCK, KOLEO_MICRO, KOLEO_TILE_BUDGET, REDUCE_WG, Rows, Shader,
+    KNN_DATABASE_BLOCK, KNN_MICRO, KNN_QUERY_BLOCK, KOLEO_CPU_COLUMNS, KOLEO_CPU_INVOCATIONS, KOLEO_CPU_ROWS,
+    KOLEO_TILE, KernelShape, REDUCE_WG, Rows, Shader,
 };
 
 /// One launchable variant.
@@ -109,27 +110,31 @@ fn attention_groups(bh: usize, n: usize, rows_per_group: u32) -> usize {
     bh * n.div_ceil(rows_per_group as usize)
 }
 
-/// `DINOV2_ATTENTION_SHAPE=gpu` or `cpu` forces the attention kernels' shape ([`Rows::GPU`],
-/// [`Rows::CPU`] and its [`Rows::backward`]) on every adapter, for tests and measurements; read
-/// once per process. Unset, the adapter decides ([`attention_rows`]).
-pub fn forced_attention_rows() -> Option<Rows> {
-    static FORCED: std::sync::OnceLock<Option<Rows>> = std::sync::OnceLock::new();
-    *FORCED.get_or_init(|| match std::env::var("DINOV2_ATTENTION_SHAPE").ok()?.as_str() {
-        "gpu" => Some(Rows::GPU),
-        "cpu" => Some(Rows::CPU),
+/// `DINOV2_KERNEL_SHAPE=gpu` or `cpu` forces the shape of the kernels that have two (attention,
+/// KoLeo; see [`KernelShape`]) on every adapter, for tests and measurements; read once per
+/// process. Unset, the adapter decides ([`kernel_shape`]).
+pub fn forced_kernel_shape() -> Option<KernelShape> {
+    static FORCED: std::sync::OnceLock<Option<KernelShape>> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| match std::env::var("DINOV2_KERNEL_SHAPE").ok()?.as_str() {
+        "gpu" => Some(KernelShape::Gpu),
+        "cpu" => Some(KernelShape::Cpu),
         other => {
-            eprintln!("warning: DINOV2_ATTENTION_SHAPE={other} ignored: expected gpu or cpu");
+            eprintln!("warning: DINOV2_KERNEL_SHAPE={other} ignored: expected gpu or cpu");
             None
         }
     })
 }
 
-/// The attention forward's shape for the adapter `t` lives on: [`Rows::CPU`] on a software adapter
-/// (cubecl describes no physical card there), [`Rows::GPU`] elsewhere.
-fn attention_rows(t: &CubeTensor) -> Rows {
-    forced_attention_rows().unwrap_or_else(|| {
-        if t.client.properties().identity.physical.is_none() { Rows::CPU } else { Rows::GPU }
+/// The kernel shape for the adapter `t` lives on: [`KernelShape::Cpu`] on a software adapter
+/// (cubecl describes no physical card there), [`KernelShape::Gpu`] elsewhere.
+pub fn kernel_shape(t: &CubeTensor) -> KernelShape {
+    forced_kernel_shape().unwrap_or_else(|| {
+        if t.client.properties().identity.physical.is_none() { KernelShape::Cpu } else { KernelShape::Gpu }
     })
+}
+
+fn attention_rows(t: &CubeTensor) -> Rows {
+    Rows::of(kernel_shape(t))
 }
 
 impl KernelOps for CubeBackend {
@@ -293,19 +298,40 @@ impl KernelOps for CubeBackend {
         let dims = x.meta.shape().as_slice().to_vec();
         assert_eq!(dims.len(), 2, "koleo_nearest takes [n, d] features");
         let (n, d) = (dims[0], dims[1]);
+        assert!(
+            d % 4 == 0,
+            "koleo_nearest reads vec4: d = {d} must be a multiple of 4 (kernels::koleo_nearest pads)"
+        );
         let nearest = empty(&x, Shape::new([n]), DType::I32);
         if n > 0 {
-            // bound each workgroup's sweep (barrier rounds = span · ceil(d / 16)), then reduce
-            let tiles = n.div_ceil(8 * KOLEO_MICRO);
-            let chunks = d.div_ceil(16).max(1);
-            let span = (KOLEO_TILE_BUDGET / chunks).clamp(1, tiles);
+            // (rows per workgroup, columns per tile, column groups wanted, pass-0 workgroup)
+            let shape = kernel_shape(&x);
+            let (rows, columns, want_groups, dim) = match shape {
+                // enough workgroups to fill a GPU: 16 × 16 at n = 1024
+                KernelShape::Gpu => (KOLEO_TILE, KOLEO_TILE, 64, CubeDim::new_2d(16, 16)),
+                // a few long workgroups per core
+                KernelShape::Cpu => (
+                    KOLEO_CPU_INVOCATIONS * KOLEO_CPU_ROWS,
+                    KOLEO_CPU_COLUMNS,
+                    4,
+                    CubeDim::new_1d(KOLEO_CPU_INVOCATIONS as u32),
+                ),
+            };
+            let tiles = n.div_ceil(columns);
+            let span = tiles.div_ceil(want_groups);
             let groups = tiles.div_ceil(span);
             let part_val = x.client.empty(n * groups * 4);
             let part_idx = x.client.empty(n * groups * 4);
-            let params = info(&x, &[n as u32, d as u32, groups as u32, span as u32]);
+            let params = info(&x, &[n as u32, (d / 4) as u32, groups as u32, span as u32]);
             let buffers = vec![x.handle.clone(), part_val, part_idx, nearest.handle.clone(), params];
-            launch(&x, Shader::Koleo { pass: 0 }, CubeDim::new_2d(8, 8), tiles * groups, buffers.clone());
-            launch(&x, Shader::Koleo { pass: 1 }, CubeDim::new_2d(8, 8), n.div_ceil(64), buffers);
+            let blocks = n.div_ceil(rows) * groups;
+            let mut pass0 = buffers.clone();
+            if shape == KernelShape::Cpu {
+                pass0.remove(3); // koleo_registers.wgsl binds no `nearest`
+            }
+            launch(&x, Shader::Koleo { pass: 0, shape }, dim, blocks, pass0);
+            let pass1 = Shader::Koleo { pass: 1, shape: KernelShape::Gpu };
+            launch(&x, pass1, CubeDim::new_2d(16, 16), n.div_ceil(256), buffers);
         }
         nearest
     }
@@ -341,7 +367,7 @@ impl KernelOps for CubeBackend {
         }
         let sims_out = empty(&sims, sims.meta.shape().clone(), DType::F32);
         let idx_out = empty(&sims, sims.meta.shape().clone(), indices.dtype);
-        let tile = KOLEO_MICRO * 8;
+        let tile = KNN_MICRO * 8;
         let scratch = queries.client.empty(KNN_QUERY_BLOCK.min(n) * KNN_DATABASE_BLOCK.min(m) * 4);
         for q0 in (0..n).step_by(KNN_QUERY_BLOCK) {
             let qn = KNN_QUERY_BLOCK.min(n - q0);

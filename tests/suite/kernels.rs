@@ -53,8 +53,8 @@ fn every_shader_parses_and_validates_with_naga() {
     let variants = Shader::all();
     assert_eq!(
         variants.len(),
-        21,
-        "(delta + forward, dQ and dK/dV in two shapes) × (f32, f16), 3 Sinkhorn passes, 2 KoLeo passes, 2 k-NN passes"
+        22,
+        "(delta + forward, dQ and dK/dV in two shapes) × (f32, f16), 3 Sinkhorn passes, KoLeo pass 0 in two shapes and pass 1, 2 k-NN passes"
     );
     for shader in variants {
         let source = expand(shader);
@@ -78,7 +78,7 @@ fn the_validation_can_fail() {
     let module = naga::front::wgsl::parse_str(&source).unwrap();
     assert!(Validator::new(ValidationFlags::all(), Capabilities::empty()).validate(&module).is_err());
     // a type error is caught
-    let broken = expand(Shader::Koleo { pass: 0 }).replace("var av = 0.0;", "var av = 0u;");
+    let broken = expand(Shader::Knn { pass: 0 }).replace("var av = 0.0;", "var av = 0u;");
     let module = naga::front::wgsl::parse_str(&broken);
     let validated =
         module.map(|m| Validator::new(ValidationFlags::all(), Capabilities::empty()).validate(&m).is_ok());
@@ -156,14 +156,14 @@ fn fused_attention_and_its_gradients_match_the_reference_on_the_cpu_backend() {
 
 #[test]
 fn both_shapes_of_the_kernels_match_the_reference_on_wgpu() {
-    // The adapter picks one shape of the attention kernels (a GPU: one row per invocation; a
-    // software adapter: 32 rows per invocation in the forward, 8 in the backward) and the tests
-    // above check that one. Both shapes, each in a process of its own: the choice is read once
-    // per process.
+    // The adapter picks one shape of the attention and KoLeo kernels (a GPU: one attention row
+    // per invocation, KoLeo tiles in workgroup memory; a software adapter: many rows per
+    // invocation in registers) and the tests above check that one. Both shapes, each in a
+    // process of its own: the choice is read once per process.
     for shape in ["gpu", "cpu"] {
         let status = std::process::Command::new(std::env::current_exe().expect("test binary"))
             .args(["--exact", "kernels::the_forced_shape_of_the_kernels_matches_the_reference", "--ignored"])
-            .env("DINOV2_ATTENTION_SHAPE", shape)
+            .env("DINOV2_KERNEL_SHAPE", shape)
             .status()
             .expect("run the test binary");
         assert!(status.success(), "the kernels in the {shape} shape failed (output above)");
@@ -171,27 +171,29 @@ fn both_shapes_of_the_kernels_match_the_reference_on_wgpu() {
 }
 
 #[test]
-#[ignore = "run by both_shapes_of_the_kernels_match_the_reference_on_wgpu with DINOV2_ATTENTION_SHAPE set"]
+#[ignore = "run by both_shapes_of_the_kernels_match_the_reference_on_wgpu with DINOV2_KERNEL_SHAPE set"]
 fn the_forced_shape_of_the_kernels_matches_the_reference() {
-    use dinov2_wgpu::kernels::wgsl::forced_attention_rows;
-    let want_rows = match std::env::var("DINOV2_ATTENTION_SHAPE").as_deref() {
-        Ok("gpu") => Rows::GPU,
-        Ok("cpu") => Rows::CPU,
-        other => panic!("DINOV2_ATTENTION_SHAPE must be gpu or cpu here, got {other:?}"),
+    use dinov2_wgpu::kernels::shaders::KernelShape;
+    use dinov2_wgpu::kernels::wgsl::forced_kernel_shape;
+    let want_shape = match std::env::var("DINOV2_KERNEL_SHAPE").as_deref() {
+        Ok("gpu") => KernelShape::Gpu,
+        Ok("cpu") => KernelShape::Cpu,
+        other => panic!("DINOV2_KERNEL_SHAPE must be gpu or cpu here, got {other:?}"),
     };
-    assert_eq!(forced_attention_rows(), Some(want_rows));
+    assert_eq!(forced_kernel_shape(), Some(want_shape));
     let (device, cpu) = (wgpu_device(), ndarray_device());
+    check_koleo(&device, &[(17, 64), (300, 384), (1024, 384), (1030, 7)]);
     for (i, &shape) in ATTENTION_SHAPES.iter().enumerate() {
         let data = attention_data(shape, 200 + i as u64);
         let want = attention_with_grads(&cpu, AttentionImpl::Reference, shape, &data);
         let got = attention_with_grads(&device, AttentionImpl::Fused, shape, &data);
         for (name, (g, w)) in ["out", "dq", "dk", "dv"].iter().zip(got.iter().zip(&want)) {
             let e = err(g, w);
-            assert!(e <= 1e-4, "{want_rows:?} {shape:?} {name}: max abs error {e:.2e} > 1e-4");
+            assert!(e <= 1e-4, "{want_shape:?} {shape:?} {name}: max abs error {e:.2e} > 1e-4");
         }
         if shape == [2, 6, 257, 64] {
             let again = attention_with_grads(&device, AttentionImpl::Fused, shape, &data);
-            assert_eq!(got, again, "{want_rows:?} {shape:?}: a repeated run differs");
+            assert_eq!(got, again, "{want_shape:?} {shape:?}: a repeated run differs");
         }
     }
 }
@@ -398,20 +400,16 @@ fn dot(x: &[f32], d: usize, i: usize, j: usize) -> f32 {
     x[i * d..(i + 1) * d].iter().zip(&x[j * d..(j + 1) * d]).map(|(a, b)| a * b).sum()
 }
 
-#[test]
-fn koleo_nearest_is_exact_and_repeatable_on_wgpu() {
-    let device = wgpu_device();
+/// KoLeo's kernel on `device` at each `(n, d)` against the reference on the CPU backend: the
+/// same neighbour, or another at a tie within rounding; four runs identical.
+fn check_koleo(device: &Device, cases: &[(usize, usize)]) {
     let cpu = ndarray_device();
-    for (n, d) in [(2, 3), (17, 64), (256, 384), (300, 384), (1024, 384), (1030, 7)] {
+    for &(n, d) in cases {
         let x = unit_rows(n, d, (n * d) as u64);
         let want = host_int(kernels::koleo_nearest_reference(tensor(&x, [n, d], &cpu)));
-        let first = host_int(kernels::koleo_nearest(tensor(&x, [n, d], &device)));
-        for run in 0..4 {
-            let got = if run == 0 {
-                first.clone()
-            } else {
-                host_int(kernels::koleo_nearest(tensor(&x, [n, d], &device)))
-            };
+        let first = host_int(kernels::koleo_nearest(tensor(&x, [n, d], device)));
+        for run in 1..4 {
+            let got = host_int(kernels::koleo_nearest(tensor(&x, [n, d], device)));
             assert_eq!(got, first, "n={n} d={d}: run {run} differs from the first");
         }
         let mut differ = 0;
@@ -427,6 +425,11 @@ fn koleo_nearest_is_exact_and_repeatable_on_wgpu() {
         }
         eprintln!("koleo n={n} d={d}: {differ} near-ties resolved differently");
     }
+}
+
+#[test]
+fn koleo_nearest_is_exact_and_repeatable_on_wgpu() {
+    check_koleo(&wgpu_device(), &[(2, 3), (17, 64), (256, 384), (300, 384), (1024, 384), (1030, 7)]);
 }
 
 #[test]
