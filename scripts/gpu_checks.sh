@@ -72,9 +72,9 @@ fi
 step kernels 200 "$bin" bench kernels --backend $b "${kernels[@]}" --json "$out/kernels.json"
 # the kernel tests (both attention shapes, gradients, f16 where the adapter has shader-f16)
 [ -x /tmp/suite ] && step tests 120 /tmp/suite kernels:: --test-threads 8 --nocapture
-step memory 45 "$bin" bench memory "${memory[@]}" --backend $b --json "$out/memory.json"
-step curate 60 "$bin" bench curate --n $n --backend $b --json "$out/curate.json"
-step train 45 "$bin" bench train --backends ndarray,$b
+step memory 90 "$bin" bench memory "${memory[@]}" --backend $b --json "$out/memory.json"
+step curate 90 "$bin" bench curate --n $n --backend $b --json "$out/curate.json"
+step train 60 "$bin" bench train --backends ndarray,$b
 if [ -d /usr/share/datasets/fashion-mnist ]; then
     step fm_train 100 "$bin" train --backend $b --data fashion-mnist-train --fit-minutes $minutes --out /tmp/fm --overwrite
     step fm_knn 40 "$bin" eval knn --backend $b --weights /tmp/fm --train fashion-mnist-train --test fashion-mnist-test "${limit[@]}" --json "$out/fm_knn.json" --quiet

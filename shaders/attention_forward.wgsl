@@ -19,6 +19,13 @@
 // src/kernels/shaders.rs): register arrays indexed in loops are spilled to memory by some
 // compilers (lavapipe's among them), named registers never are.
 //
+// Split over keys (GPU shape, when batch × heads × row blocks leave a GPU idle): info[3] =
+// splits, info[4] = keys per split (a multiple of BC). Workgroup (bh, block, split) runs the keys
+// [split · kps, min(n, (split + 1) · kps)) and writes its unnormalised accumulators to part_acc
+// [splits, BH·N, D] and (m, l) to part_ml [splits, BH·N, 2]; attention_forward_combine.wgsl
+// merges them into o and lse. With one split the workgroup writes o and lse itself, and the
+// part buffers are placeholders.
+//
 // Other slots: elem (f32 | f16: storage type, arithmetic is f32), enable ("enable f16;" or
 // empty), br (invocations per workgroup), rows (R), bc (keys per tile), unroll (U).
 {{ enable }}
@@ -28,9 +35,12 @@
 @group(0) @binding(2) var<storage, read_write> v: array<{{ elem }}>;
 @group(0) @binding(3) var<storage, read_write> o: array<{{ elem }}>;
 @group(0) @binding(4) var<storage, read_write> lse: array<f32>;
-// [BH, N, bitcast(scale)]. All bindings are read_write: burn sub-allocates tensors from shared
-// buffers, and mixed read-only/read-write views of one buffer conflict in a dispatch.
+// [BH, N, bitcast(scale), splits, keys per split]. All bindings are read_write: burn
+// sub-allocates tensors from shared buffers, and mixed read-only/read-write views of one buffer
+// conflict in a dispatch.
 @group(0) @binding(5) var<storage, read_write> info: array<u32>;
+@group(0) @binding(6) var<storage, read_write> part_acc: array<f32>;
+@group(0) @binding(7) var<storage, read_write> part_ml: array<f32>;
 
 const D: u32 = 64u;
 const D4: u32 = 16u;
@@ -43,7 +53,7 @@ const NEG: f32 = -1.0e30;
 
 var<workgroup> k_tile: array<vec4<f32>, BC * D4>;
 var<workgroup> v_tile: array<vec4<f32>, BC * D4>;
-var<workgroup> n_uniform: u32;
+var<workgroup> dims_uniform: vec4<u32>; // n, splits, keys per split
 
 fn load4_q(i: u32) -> vec4<f32> {
     return vec4<f32>(f32(q[i]), f32(q[i + 1u]), f32(q[i + 2u]), f32(q[i + 3u]));
@@ -63,15 +73,20 @@ fn main(
 ) {
     // Loop bounds that contain barriers must be uniform: a value read from storage is not,
     // a workgroupUniformLoad of it is.
-    if (lid == 0u) { n_uniform = info[1]; }
-    let n = workgroupUniformLoad(&n_uniform);
+    if (lid == 0u) { dims_uniform = vec4<u32>(info[1], info[3], info[4], 0u); }
+    let dims = workgroupUniformLoad(&dims_uniform);
+    let n = dims.x;
+    let splits = dims.y;
     let bh_count = info[0];
     let scale = bitcast<f32>(info[2]);
 
     let blocks = (n + BR * R - 1u) / (BR * R);
     let flat = wid.y * nwg.x + wid.x;
-    let bh = flat / blocks;
-    let first = (flat % blocks) * BR * R + lid;
+    let split = flat % splits;
+    let bh = flat / (blocks * splits);
+    let first = ((flat / splits) % blocks) * BR * R + lid;
+    let k_begin = split * dims.z;
+    let k_end = min(n, k_begin + dims.z);
     let live = bh < bh_count; // padding workgroups of the 2-D grid do no memory traffic
     let base = bh * n * D;
 
@@ -79,7 +94,8 @@ fn main(
     // m{r} = NEG, l{r} = 0
     {{ unrolled_registers }}
 
-    for (var t = 0u; t < n; t += BC) {
+    // keys past k_end are past n too: kps is a multiple of BC and only the last split ends early
+    for (var t = k_begin; t < k_end; t += BC) {
         workgroupBarrier(); // everyone is done with the previous tile
         for (var e = lid; e < BC * D4; e += BR) {
             let key = t + e / D4;
@@ -102,6 +118,12 @@ fn main(
         }
     }
 
-    // per row r, if valid{r}: o[at{r} ..] = acc{r} / l{r}; lse = m{r} + log(l{r})
-    {{ unrolled_store }}
+    if (splits == 1u) {
+        // per row r, if valid{r}: o[at{r} ..] = acc{r} / l{r}; lse = m{r} + log(l{r})
+        {{ unrolled_store }}
+    } else {
+        // per row r, if valid{r}: part_acc[pbase + at{r} ..] = acc{r}; part_ml = (m{r}, l{r})
+        let pbase = split * bh_count * n * D;
+        {{ unrolled_partial_store }}
+    }
 }

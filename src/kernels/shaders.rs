@@ -5,6 +5,7 @@
 use burn::backend::wgpu::SourceTemplate;
 
 pub const ATTENTION_FORWARD: &str = include_str!("../../shaders/attention_forward.wgsl");
+pub const ATTENTION_FORWARD_COMBINE: &str = include_str!("../../shaders/attention_forward_combine.wgsl");
 pub const ATTENTION_BACKWARD_DELTA: &str = include_str!("../../shaders/attention_backward_delta.wgsl");
 pub const ATTENTION_BACKWARD_DQ: &str = include_str!("../../shaders/attention_backward_dq.wgsl");
 pub const ATTENTION_BACKWARD: &str = include_str!("../../shaders/attention_backward.wgsl");
@@ -104,6 +105,9 @@ pub enum Shader {
         f16: bool,
         rows: Rows,
     },
+    AttentionForwardCombine {
+        f16: bool,
+    },
     AttentionBackwardDelta {
         f16: bool,
     },
@@ -134,6 +138,7 @@ impl Shader {
     pub fn all() -> Vec<Shader> {
         let mut all = Vec::new();
         for f16 in [false, true] {
+            all.push(Shader::AttentionForwardCombine { f16 });
             all.push(Shader::AttentionBackwardDelta { f16 });
             for rows in [Rows::GPU, Rows::CPU] {
                 all.push(Shader::AttentionForward { f16, rows });
@@ -186,6 +191,14 @@ impl Shader {
                     .register("unrolled_registers", registers)
                     .register("unrolled_step", step)
                     .register("unrolled_store", store)
+                    .register("unrolled_partial_store", forward_partial_store(rows))
+            }
+            Shader::AttentionForwardCombine { f16 } => {
+                let (ty, enable) = elem(f16);
+                SourceTemplate::new(ATTENTION_FORWARD_COMBINE)
+                    .register("elem", ty)
+                    .register("enable", enable)
+                    .register("wg", REDUCE_WG.to_string())
             }
             Shader::AttentionBackwardDelta { f16 } => {
                 let (ty, enable) = elem(f16);
@@ -403,16 +416,34 @@ fn row_registers(rows: Rows, zero: &[&str], loaded: &[(&str, &str, &str)], extra
     }))
 }
 
+/// A split's share of the forward (see attention_forward.wgsl): per valid row, the running max
+/// and sum to `part_ml` and the unnormalised accumulator to `part_acc`, at the split's offset.
+fn forward_partial_store(rows: Rows) -> String {
+    let ml = lines((0..rows.per_invocation()).map(|r| {
+        format!(
+            "if (valid{r}) {{ let p = 2u * (split * bh_count * n + bh * n + row{r}); \
+             part_ml[p] = m{r}; part_ml[p + 1u] = l{r}; }}"
+        )
+    }));
+    format!("{ml}\n    {}", store_at(rows, &[("part_acc", "acc", "")], "f32", "pbase + at{r}"))
+}
+
 /// Per row r, if valid: registers `{reg}{r}_0..15` (times `factor`) to row `at{r}` of `buffer`.
 fn store(rows: Rows, outputs: &[(&str, &str, &str)], elem: &str) -> String {
+    store_at(rows, outputs, elem, "at{r}")
+}
+
+/// As [`store`], the row starting at `at` (with `{r}` for the row).
+fn store_at(rows: Rows, outputs: &[(&str, &str, &str)], elem: &str, at: &str) -> String {
     lines((0..rows.per_invocation()).map(|r| {
+        let at = at.replace("{r}", &r.to_string());
         let mut out = Vec::new();
         for (buffer, reg, factor) in outputs {
             out.extend((0..D4).map(|c| {
                 let b = 4 * c;
                 format!(
-                    "{{ let x = {reg}{r}_{c}{}; {buffer}[at{r} + {b}u] = {elem}(x.x); {buffer}[at{r} + {}u] = {elem}(x.y); \
-                     {buffer}[at{r} + {}u] = {elem}(x.z); {buffer}[at{r} + {}u] = {elem}(x.w); }}",
+                    "{{ let x = {reg}{r}_{c}{}; {buffer}[{at} + {b}u] = {elem}(x.x); {buffer}[{at} + {}u] = {elem}(x.y); \
+                     {buffer}[{at} + {}u] = {elem}(x.z); {buffer}[{at} + {}u] = {elem}(x.w); }}",
                     factor.replace("{r}", &r.to_string()),
                     b + 1,
                     b + 2,
