@@ -122,12 +122,13 @@ pub enum Shader {
     Sinkhorn {
         pass: u32,
     },
-    /// Pass 0 (the dot products and per-group candidates) in `shape`; pass 1 (the reduction
-    /// over groups) is one kernel, whatever `shape` says.
+    /// KoLeo's first pass in `shape`: the dot products and each row's candidate per column
+    /// group.
     Koleo {
-        pass: u32,
         shape: KernelShape,
     },
+    /// KoLeo's second pass, one kernel for both shapes: each row's candidates reduced.
+    KoleoReduce,
     Knn {
         pass: u32,
     },
@@ -147,8 +148,8 @@ impl Shader {
             }
         }
         all.extend(SINKHORN_PASSES.iter().map(|&pass| Shader::Sinkhorn { pass }));
-        all.extend([KernelShape::Gpu, KernelShape::Cpu].map(|shape| Shader::Koleo { pass: 0, shape }));
-        all.push(Shader::Koleo { pass: 1, shape: KernelShape::Gpu });
+        all.extend([KernelShape::Gpu, KernelShape::Cpu].map(|shape| Shader::Koleo { shape }));
+        all.push(Shader::KoleoReduce);
         all.extend([0, 1].map(|pass| Shader::Knn { pass }));
         all
     }
@@ -210,7 +211,7 @@ impl Shader {
             Shader::Sinkhorn { pass } => SourceTemplate::new(SINKHORN)
                 .register("pass", pass.to_string())
                 .register("wg", REDUCE_WG.to_string()),
-            Shader::Koleo { pass: 0, shape: KernelShape::Cpu } => SourceTemplate::new(KOLEO_REGISTERS)
+            Shader::Koleo { shape: KernelShape::Cpu } => SourceTemplate::new(KOLEO_REGISTERS)
                 .register("invocations", KOLEO_CPU_INVOCATIONS.to_string())
                 .register("rows", KOLEO_CPU_ROWS.to_string())
                 .register("columns", KOLEO_CPU_COLUMNS.to_string())
@@ -219,7 +220,8 @@ impl Shader {
                 .register("unrolled_step", koleo_step())
                 .register("unrolled_best", koleo_best())
                 .register("unrolled_store", koleo_store()),
-            Shader::Koleo { pass, .. } => SourceTemplate::new(KOLEO).register("pass", pass.to_string()),
+            Shader::Koleo { shape: KernelShape::Gpu } => SourceTemplate::new(KOLEO).register("pass", "0"),
+            Shader::KoleoReduce => SourceTemplate::new(KOLEO).register("pass", "1"),
             Shader::Knn { pass } => SourceTemplate::new(KNN)
                 .register("pass", pass.to_string())
                 .register("micro", KNN_MICRO.to_string())
@@ -455,6 +457,22 @@ fn store_at(rows: Rows, outputs: &[(&str, &str, &str)], elem: &str, at: &str) ->
     }))
 }
 
+/// The 16 vectors of row `step + u` of a workgroup tile, `(tile, step, u)`, as a backward step
+/// uses them. One row per invocation: the tile reads themselves, inside the arithmetic (a GPU
+/// compiler schedules them). Several rows: named values `{name}0..15`, read once into `block`.
+fn tile_operands(
+    rows: usize,
+    (tile, step, u): (&str, &str, usize),
+    name: &str,
+    block: &mut Vec<String>,
+) -> Vec<String> {
+    if rows == 1 {
+        return (0..D4).map(|c| tile_at(tile, step, u, c)).collect();
+    }
+    block.extend((0..D4).map(|c| format!("let {name}{c} = {};", tile_at(tile, step, u, c))));
+    (0..D4).map(|c| format!("{name}{c}")).collect()
+}
+
 fn dq_registers(rows: Rows) -> String {
     row_registers(
         rows,
@@ -471,19 +489,9 @@ fn dq_step(rows: Rows) -> String {
     let (rr, uu) = (rows.per_invocation(), rows.unroll());
     let mut out = Vec::new();
     for u in 0..uu {
-        let (kt, vt): (Vec<String>, Vec<String>) = if rr == 1 {
-            (
-                (0..D4).map(|c| tile_at("k_tile", "j0", u, c)).collect(),
-                (0..D4).map(|c| tile_at("v_tile", "j0", u, c)).collect(),
-            )
-        } else {
-            ((0..D4).map(|c| format!("kt{c}")).collect(), (0..D4).map(|c| format!("vt{c}")).collect())
-        };
         let mut block: Vec<String> = Vec::new();
-        if rr > 1 {
-            block.extend((0..D4).map(|c| format!("let kt{c} = {};", tile_at("k_tile", "j0", u, c))));
-            block.extend((0..D4).map(|c| format!("let vt{c} = {};", tile_at("v_tile", "j0", u, c))));
-        }
+        let kt = tile_operands(rr, ("k_tile", "j0", u), "kt", &mut block);
+        let vt = tile_operands(rr, ("v_tile", "j0", u), "vt", &mut block);
         for r in 0..rr {
             let s = sum((0..D4).map(|c| format!("dot(q{r}_{c}, {})", kt[c])));
             let dp = sum((0..D4).map(|c| format!("dot(do{r}_{c}, {})", vt[c])));
@@ -506,20 +514,10 @@ fn dkdv_step(rows: Rows) -> String {
     let (rr, uu) = (rows.per_invocation(), rows.unroll());
     let mut out = Vec::new();
     for u in 0..uu {
-        let (qt, gt): (Vec<String>, Vec<String>) = if rr == 1 {
-            (
-                (0..D4).map(|c| tile_at("q_tile", "i0", u, c)).collect(),
-                (0..D4).map(|c| tile_at("do_tile", "i0", u, c)).collect(),
-            )
-        } else {
-            ((0..D4).map(|c| format!("qt{c}")).collect(), (0..D4).map(|c| format!("gt{c}")).collect())
-        };
         let mut block =
             vec![format!("let lse_u = lse_tile[i0 + {u}u];\n        let delta_u = delta_tile[i0 + {u}u];")];
-        if rr > 1 {
-            block.extend((0..D4).map(|c| format!("let qt{c} = {};", tile_at("q_tile", "i0", u, c))));
-            block.extend((0..D4).map(|c| format!("let gt{c} = {};", tile_at("do_tile", "i0", u, c))));
-        }
+        let qt = tile_operands(rr, ("q_tile", "i0", u), "qt", &mut block);
+        let gt = tile_operands(rr, ("do_tile", "i0", u), "gt", &mut block);
         for r in 0..rr {
             let s = sum((0..D4).map(|c| format!("dot(k{r}_{c}, {})", qt[c])));
             let dp = sum((0..D4).map(|c| format!("dot(v{r}_{c}, {})", gt[c])));

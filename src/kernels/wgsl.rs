@@ -124,7 +124,7 @@ const MIN_KEYS_PER_SPLIT: usize = 256;
 /// blocks of 64 rows), each block's keys are split into up to [`MAX_FORWARD_SPLITS`] runs of
 /// whole tiles, at least [`MIN_KEYS_PER_SPLIT`] keys each; the combine pass merges them. `(1, n)`
 /// where no split pays.
-pub fn forward_splits(groups: usize, n: usize) -> (usize, usize) {
+fn forward_splits(groups: usize, n: usize) -> (usize, usize) {
     let tile = super::shaders::ATTENTION_TILE as usize;
     let wanted = (FORWARD_WORKGROUPS / groups.max(1)).clamp(1, MAX_FORWARD_SPLITS);
     let splits = wanted.min(n / MIN_KEYS_PER_SPLIT).max(1);
@@ -367,14 +367,13 @@ impl KernelOps for CubeBackend {
             let part_idx = x.client.empty(n * groups * 4);
             let params = info(&x, &[n as u32, (d / 4) as u32, groups as u32, span as u32]);
             let buffers = vec![x.handle.clone(), part_val, part_idx, nearest.handle.clone(), params];
-            let blocks = n.div_ceil(rows) * groups;
-            let mut pass0 = buffers.clone();
-            if shape == KernelShape::Cpu {
-                pass0.remove(3); // koleo_registers.wgsl binds no `nearest`
-            }
-            launch(&x, Shader::Koleo { pass: 0, shape }, dim, blocks, pass0);
-            let pass1 = Shader::Koleo { pass: 1, shape: KernelShape::Gpu };
-            launch(&x, pass1, CubeDim::new_2d(16, 16), n.div_ceil(256), buffers);
+            // koleo_registers.wgsl binds no `nearest` (only the reduce pass writes it)
+            let first_pass = match shape {
+                KernelShape::Gpu => buffers.clone(),
+                KernelShape::Cpu => [&buffers[..3], &buffers[4..]].concat(),
+            };
+            launch(&x, Shader::Koleo { shape }, dim, n.div_ceil(rows) * groups, first_pass);
+            launch(&x, Shader::KoleoReduce, CubeDim::new_2d(16, 16), n.div_ceil(256), buffers);
         }
         nearest
     }
